@@ -1,0 +1,9 @@
+{
+  "targets": [
+    {
+      "target_name": "tandem_native",
+      "sources": ["src/native/tandem_native.c"],
+      "cflags": ["-Wall", "-Wextra", "-O2"]
+    }
+  ]
+}

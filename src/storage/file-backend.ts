@@ -1,0 +1,194 @@
+// A store over one open file or block device.
+//
+// Small reads and writes are done with synchronous positional I/O: on a warm
+// page cache the hop to libuv's thread pool costs more than the copy itself
+// (DESIGN.md, performance notes). Larger ones go through the thread pool so
+// one big request cannot hold the event loop for long.
+import fs from 'node:fs';
+import { promisify } from 'node:util';
+import { StoreError, type Backend, type StoreExtent, type ZeroOptions } from './backend';
+import { native } from './native';
+
+const readAsync = promisify(fs.read);
+const writeAsync = promisify(fs.write);
+const fdatasyncAsync = promisify(fs.fdatasync);
+
+export interface FileBackendOptions {
+  readonly fd: number;
+  readonly size: number;
+  readonly readOnly: boolean;
+  readonly blockDevice: boolean;
+  /** requests up to this size use synchronous I/O */
+  readonly syncIoBytesMax: number;
+}
+
+/** zero-filled source for writing zeroes where fallocate cannot */
+const ZERO_CHUNK_BYTES = 1024 * 1024;
+let zeroChunk: Buffer | undefined;
+/** scratch for NBD_CMD_CACHE, which reads to warm the cache and discards the data */
+const CACHE_CHUNK_BYTES = 1024 * 1024;
+let cacheScratch: Buffer | undefined;
+
+function storeError(e: unknown, what: string): StoreError {
+  const err = e as NodeJS.ErrnoException;
+  return new StoreError(typeof err.code === 'string' ? err.code : 'EIO', `${what}: ${err.message}`);
+}
+
+export class FileBackend implements Backend {
+  readonly size: number;
+  readonly readOnly: boolean;
+  readonly canTrim: boolean;
+  readonly canZero = true;
+  readonly canFastZero: boolean;
+  readonly canExtents: boolean;
+  private readonly fd: number;
+  private readonly syncIoBytesMax: number;
+  private punchHoleWorks = true;
+  private zeroRangeWorks = true;
+  private seekDataWorks = true;
+  private closed = false;
+
+  constructor(o: FileBackendOptions) {
+    this.fd = o.fd;
+    this.size = o.size;
+    this.readOnly = o.readOnly;
+    this.syncIoBytesMax = o.syncIoBytesMax;
+    this.canTrim = !o.readOnly;
+    this.canFastZero = !o.readOnly;
+    this.canExtents = true;
+  }
+
+  async read(buf: Buffer, offset: number): Promise<void> {
+    let done = 0;
+    try {
+      if (buf.length <= this.syncIoBytesMax) {
+        while (done < buf.length) {
+          const n = fs.readSync(this.fd, buf, done, buf.length - done, offset + done);
+          if (n === 0) break;
+          done += n;
+        }
+      } else {
+        while (done < buf.length) {
+          const { bytesRead } = await readAsync(this.fd, buf, done, buf.length - done, offset + done);
+          if (bytesRead === 0) break;
+          done += bytesRead;
+        }
+      }
+    } catch (e) {
+      throw storeError(e, `read ${buf.length} bytes at ${offset}`);
+    }
+    // the store has exactly `size` bytes; a short read means the backing shrank under us
+    if (done < buf.length) throw new StoreError('EIO', `short read at ${offset + done}: backing is smaller than the volume`);
+  }
+
+  async write(buf: Buffer, offset: number): Promise<void> {
+    let done = 0;
+    try {
+      if (buf.length <= this.syncIoBytesMax) {
+        while (done < buf.length) done += fs.writeSync(this.fd, buf, done, buf.length - done, offset + done);
+      } else {
+        while (done < buf.length) {
+          const { bytesWritten } = await writeAsync(this.fd, buf, done, buf.length - done, offset + done);
+          done += bytesWritten;
+        }
+      }
+    } catch (e) {
+      throw storeError(e, `write ${buf.length} bytes at ${offset}`);
+    }
+  }
+
+  async flush(): Promise<void> {
+    try {
+      await fdatasyncAsync(this.fd);
+    } catch (e) {
+      throw storeError(e, 'flush');
+    }
+  }
+
+  async trim(offset: number, length: number): Promise<void> {
+    // TRIM is advisory: where holes cannot be punched the data simply stays
+    if (!this.punchHoleWorks) return;
+    try {
+      native.fallocate(this.fd, native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE, offset, length);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EOPNOTSUPP') { this.punchHoleWorks = false; return; }
+      throw storeError(e, `trim ${length} bytes at ${offset}`);
+    }
+  }
+
+  async zero(offset: number, length: number, o: ZeroOptions): Promise<void> {
+    const modes: number[] = [];
+    if (!o.noHole && this.punchHoleWorks) modes.push(native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE);
+    if (this.zeroRangeWorks) modes.push(native.FALLOC_FL_ZERO_RANGE | native.FALLOC_FL_KEEP_SIZE);
+    for (const mode of modes) {
+      try {
+        native.fallocate(this.fd, mode, offset, length);
+        return;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EOPNOTSUPP') throw storeError(e, `zero ${length} bytes at ${offset}`);
+        if (mode & native.FALLOC_FL_PUNCH_HOLE) this.punchHoleWorks = false;
+        else this.zeroRangeWorks = false;
+      }
+    }
+    if (o.fast) throw new StoreError('ENOTSUP', 'zeroing would not be faster than writing');
+    zeroChunk ??= Buffer.alloc(ZERO_CHUNK_BYTES);
+    for (let done = 0; done < length;) {
+      const n = Math.min(ZERO_CHUNK_BYTES, length - done);
+      try {
+        const { bytesWritten } = await writeAsync(this.fd, zeroChunk, 0, n, offset + done);
+        done += bytesWritten;
+      } catch (e) {
+        throw storeError(e, `write zeroes at ${offset + done}`);
+      }
+    }
+  }
+
+  async cache(offset: number, length: number): Promise<void> {
+    cacheScratch ??= Buffer.allocUnsafe(CACHE_CHUNK_BYTES);
+    for (let done = 0; done < length;) {
+      const n = Math.min(CACHE_CHUNK_BYTES, length - done);
+      try {
+        const { bytesRead } = await readAsync(this.fd, cacheScratch, 0, n, offset + done);
+        if (bytesRead === 0) return;
+        done += bytesRead;
+      } catch (e) {
+        throw storeError(e, `cache at ${offset + done}`);
+      }
+    }
+  }
+
+  async extents(offset: number, length: number, extentsMax: number): Promise<StoreExtent[]> {
+    const end = Math.min(this.size, offset + length);
+    if (!this.seekDataWorks) return [{ offset, length: end - offset, hole: false, zero: false }];
+    const out: StoreExtent[] = [];
+    let at = offset;
+    try {
+      while (at < end && out.length < extentsMax) {
+        let data = native.lseek(this.fd, at, native.SEEK_DATA);
+        if (data < 0 || data > end) data = end;
+        if (data > at) {
+          out.push({ offset: at, length: data - at, hole: true, zero: true });
+          at = data;
+          continue;
+        }
+        let hole = native.lseek(this.fd, at, native.SEEK_HOLE);
+        if (hole < 0 || hole > end) hole = end;
+        out.push({ offset: at, length: hole - at, hole: false, zero: false });
+        at = hole;
+      }
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'EINVAL' && code !== 'EOPNOTSUPP') throw storeError(e, `extents at ${at}`);
+      // the backing cannot tell holes (some block devices): all data, which is always safe
+      this.seekDataWorks = false;
+      return [{ offset, length: end - offset, hole: false, zero: false }];
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    fs.closeSync(this.fd);
+  }
+}

@@ -1,0 +1,20 @@
+// The compiled helper for syscalls Node.js lacks (see src/native/tandem_native.c).
+import path from 'node:path';
+
+export interface Native {
+  fallocate(fd: number, mode: number, offset: number, length: number): void;
+  /** -1 when there is no data (SEEK_DATA) or hole (SEEK_HOLE) at or after offset */
+  lseek(fd: number, offset: number, whence: number): number;
+  blockDeviceSize(fd: number): number;
+  readonly FALLOC_FL_KEEP_SIZE: number;
+  readonly FALLOC_FL_PUNCH_HOLE: number;
+  readonly FALLOC_FL_ZERO_RANGE: number;
+  readonly SEEK_SET: number;
+  readonly SEEK_END: number;
+  readonly SEEK_DATA: number;
+  readonly SEEK_HOLE: number;
+}
+
+// dist/src/storage → repo root is three levels up; build/ is where node-gyp puts the addon
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+export const native: Native = require(path.join(__dirname, '..', '..', '..', 'build', 'Release', 'tandem_native.node')) as Native;
