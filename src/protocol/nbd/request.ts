@@ -193,7 +193,8 @@ export function validateRequest(req: RequestHeader, n: Negotiated, limits: NbdLi
   }
   if (req.offset > e.size || req.length > e.size - req.offset) {
     // proto.md "Error values": ENOSPC for writes past the end, EINVAL for the rest
-    return { errno: writes ? NBD_ENOSPC : NBD_EINVAL, message: `range ${req.offset}+${req.length} is outside the export (size ${e.size})` };
+    const grows = req.type === NBD_CMD_WRITE || req.type === NBD_CMD_WRITE_ZEROES;
+    return { errno: grows ? NBD_ENOSPC : NBD_EINVAL, message: `range ${req.offset}+${req.length} is outside the export (size ${e.size})` };
   }
   return undefined;
 }

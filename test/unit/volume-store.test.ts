@@ -1,0 +1,95 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, test } from 'node:test';
+import { decodeMetadata, encodeMetadata } from '../../src/storage/metadata';
+import { createVolume, freshMetadata, openVolume, VolumeError } from '../../src/storage/volume-store';
+import { tempDir } from '../helpers/serve-process';
+
+const tmp = tempDir('tandem-volume-');
+after(() => tmp.cleanup());
+let n = 0;
+const loc = (): { backingPath: string } => ({ backingPath: path.join(tmp.dir, `v${n++}.img`) });
+
+test('metadata round-trips and each malformed field is named', () => {
+  const m = freshMetadata(1 << 30, 'file');
+  assert.deepEqual(decodeMetadata(encodeMetadata(m)), m);
+  const base = JSON.parse(encodeMetadata(m)) as Record<string, unknown>;
+  const bad: Array<[Record<string, unknown>, RegExp]> = [
+    [{ ...base, format: 'x' }, /format/],
+    [{ ...base, version: 2 }, /version/],
+    [{ ...base, size: -1 }, /size/],
+    [{ ...base, size: 1.5 }, /size/],
+    [{ ...base, blockSize: 1000 }, /blockSize/],
+    [{ ...base, volumeId: 'nope' }, /volumeId/],
+    [{ ...base, diskState: 'Happy' }, /diskState/],
+    [{ ...base, generations: { current: 'xyz', bitmap: '0', history: [] } }, /generations/],
+  ];
+  for (const [o, re] of bad) assert.match(decodeMetadata(JSON.stringify(o)) as string, re);
+  assert.match(decodeMetadata('{not json') as string, /not JSON/);
+});
+
+test('a created volume is a sparse file of exactly its size, with metadata beside it and no temp file left', () => {
+  const l = loc();
+  const m = createVolume(l, 256 * 1024 * 1024);
+  const st = fs.statSync(l.backingPath);
+  assert.equal(st.size, 256 * 1024 * 1024);
+  assert.ok(st.blocks * 512 < 1024 * 1024, 'backing is sparse');
+  assert.deepEqual(decodeMetadata(fs.readFileSync(`${l.backingPath}.tandem.json`, 'utf8')), m);
+  assert.deepEqual(fs.readdirSync(tmp.dir).filter((f) => f.endsWith('.tmp')), []);
+  assert.throws(() => createVolume(l, 4096), (e: unknown) => e instanceof VolumeError && e.code === 'ERR_VOLUME_EXISTS');
+});
+
+test('opening a backing whose size differs from its metadata is refused, naming both sizes', () => {
+  const l = loc();
+  createVolume(l, 1 << 20);
+  fs.truncateSync(l.backingPath, 2 << 20);
+  assert.throws(() => openVolume(l), (e: unknown) => e instanceof VolumeError && e.code === 'ERR_VOLUME_MISMATCH' &&
+    /2097152 bytes/.test(e.message) && /1048576 bytes/.test(e.message));
+});
+
+test('a volume without metadata is refused unless adopted; a corrupt metadata file is refused and kept', () => {
+  const l = loc();
+  fs.writeFileSync(l.backingPath, Buffer.alloc(8192, 1));
+  assert.throws(() => openVolume(l), (e: unknown) => e instanceof VolumeError && e.code === 'ERR_VOLUME_NOT_FOUND');
+  const v = openVolume(l, { adopt: true });
+  assert.equal(v.meta.size, 8192);
+  void v.backend.close();
+  fs.writeFileSync(`${l.backingPath}.tandem.json`, 'garbage');
+  assert.throws(() => openVolume(l, { adopt: true }), (e: unknown) => e instanceof VolumeError && e.code === 'ERR_VOLUME_METADATA');
+  assert.equal(fs.readFileSync(`${l.backingPath}.tandem.json`, 'utf8'), 'garbage');
+});
+
+test('store: write, read back, punch, zero and extents agree with the file', async () => {
+  const l = loc();
+  createVolume(l, 1 << 20);
+  const v = openVolume(l, { syncIoBytesMax: 4096 });
+  const b = v.backend;
+  try {
+    const data = Buffer.alloc(3 * 65536, 0xa5);
+    await b.write(data, 65536); // async path (above syncIoBytesMax)
+    await b.write(Buffer.from('small'), 3); // sync path
+    const back = Buffer.alloc(data.length);
+    await b.read(back, 65536);
+    assert.deepEqual(back, data);
+    await b.flush();
+    assert.deepEqual(await b.extents(0, 1 << 20, 100), [
+      { offset: 0, length: 4096, hole: false, zero: false },
+      { offset: 4096, length: 61440, hole: true, zero: true },
+      { offset: 65536, length: 196608, hole: false, zero: false },
+      { offset: 262144, length: 786432, hole: true, zero: true },
+    ]);
+    assert.equal((await b.extents(0, 1 << 20, 2)).length, 2, 'extentsMax is honoured');
+    await b.trim(65536, 65536);
+    await b.zero(131072, 4096, { noHole: true, fast: true });
+    const z = Buffer.alloc(65536 + 4096, 1);
+    await b.read(z, 65536);
+    assert.ok(z.every((x) => x === 0));
+    const ext = await b.extents(65536, 65536 + 4096, 10);
+    assert.equal(ext[0]?.hole, true, 'trim punched a hole');
+    assert.equal(ext[0]?.length, 65536);
+    assert.equal(ext[1]?.hole, false, 'NO_HOLE zeroing keeps the range allocated');
+  } finally {
+    await b.close();
+  }
+});
