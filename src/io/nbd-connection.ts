@@ -67,6 +67,8 @@ export class NbdConnection implements RequestSink {
   private inflightBytes = 0;
   private inflightRequests = 0;
   private rejection: Rejection | undefined;
+  /** budget of the admitted request whose end() has not come yet (a write mid-payload) */
+  private unendedCost = 0;
   private write: WriteInProgress | undefined;
   private draining = false;
   private closed = false;
@@ -165,6 +167,7 @@ export class NbdConnection implements RequestSink {
       return false;
     }
     this.inflightBytes += cost;
+    this.unendedCost = cost;
     this.inflightRequests++;
     this.stats.requests++;
     if (req.type === NBD_CMD_WRITE && this.rejection === undefined) {
@@ -183,6 +186,7 @@ export class NbdConnection implements RequestSink {
   }
 
   end(req: RequestHeader): void {
+    this.unendedCost = 0;
     const rejection = this.rejection;
     this.rejection = undefined;
     if (rejection !== undefined) {
@@ -263,6 +267,12 @@ export class NbdConnection implements RequestSink {
 
   private async read(req: RequestHeader): Promise<void> {
     const n = this.negotiated as Negotiated;
+    if (req.length === 0) {
+      // an OFFSET_DATA chunk must carry at least one byte: answer with NONE
+      this.replyOk(req);
+      this.finishRequest(0);
+      return;
+    }
     const whole = this.ctx.pool.take(req.length);
     const buf = whole.subarray(0, req.length);
     const release = (): void => {
@@ -371,6 +381,15 @@ export class NbdConnection implements RequestSink {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.handshakeTimer);
+    if (this.unendedCost > 0) {
+      // the client left in the middle of a write's payload: give its budget back
+      // once the pieces already handed to the store have settled
+      const cost = this.unendedCost;
+      this.unendedCost = 0;
+      const pieces = this.write?.pieces ?? [];
+      this.write = undefined;
+      void Promise.all(pieces).then(() => this.finishRequest(cost));
+    }
     const s = this.stats;
     this.ctx.log.info('connection closed', {
       peer: this.peer, export: this.negotiated?.export.name ?? '-', reason: this.closeReason,

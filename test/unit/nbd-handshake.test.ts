@@ -61,7 +61,7 @@ test('GO with no info requests: INFO_EXPORT, INFO_BLOCK_SIZE, ACK (golden bytes)
   const r = feed([Buffer.concat([clientFlags, go('disk')])]);
   const rep = (type: number, data: string): string => '0003e889045565a9' + '00000007' + type.toString(16).padStart(8, '0') +
     (data.length / 2).toString(16).padStart(8, '0') + data;
-  const flags = (C.NBD_FLAG_HAS_FLAGS | C.NBD_FLAG_SEND_DF | C.NBD_FLAG_SEND_FLUSH | C.NBD_FLAG_SEND_FUA | C.NBD_FLAG_SEND_TRIM |
+  const flags = (C.NBD_FLAG_HAS_FLAGS | C.NBD_FLAG_SEND_FLUSH | C.NBD_FLAG_SEND_FUA | C.NBD_FLAG_SEND_TRIM |
     C.NBD_FLAG_SEND_WRITE_ZEROES | C.NBD_FLAG_SEND_FAST_ZERO | C.NBD_FLAG_SEND_CACHE | C.NBD_FLAG_CAN_MULTI_CONN).toString(16).padStart(4, '0');
   assert.equal(r.sent.toString('hex'),
     rep(3, '0000' + '0000000000100000' + flags) + rep(3, '0003' + '00000001' + '00001000' + '04000000') + rep(1, ''));

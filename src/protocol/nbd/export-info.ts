@@ -29,8 +29,10 @@ export interface ExportCatalog {
   find(name: string): ExportInfo | undefined;
 }
 
-export function transmissionFlags(e: ExportInfo): number {
-  let flags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_DF;
+/** proto.md: SEND_DF only when structured replies were negotiated (DF means nothing without them). */
+export function transmissionFlags(e: ExportInfo, structuredReplies: boolean): number {
+  let flags = NBD_FLAG_HAS_FLAGS;
+  if (structuredReplies) flags |= NBD_FLAG_SEND_DF;
   if (e.readOnly) flags |= NBD_FLAG_READ_ONLY;
   if (e.canFlush) flags |= NBD_FLAG_SEND_FLUSH;
   if (e.canFua) flags |= NBD_FLAG_SEND_FUA;

@@ -193,7 +193,7 @@ export class Handshake {
         if (e === undefined) { this.close(steps, `unknown export ${JSON.stringify(name ?? '')}`); return true; }
         const reply = Buffer.alloc(10 + (this.noZeroes ? 0 : EXPORT_NAME_ZEROES_BYTES));
         reply.writeBigUInt64BE(BigInt(e.size), 0);
-        reply.writeUInt16BE(transmissionFlags(e), 8);
+        reply.writeUInt16BE(transmissionFlags(e, this.structuredReplies), 8);
         send(reply);
         this.enter(e, rest, steps);
         return true;
@@ -253,7 +253,7 @@ export class Handshake {
     const exp = Buffer.alloc(12);
     exp.writeUInt16BE(NBD_INFO_EXPORT, 0);
     exp.writeBigUInt64BE(BigInt(e.size), 2);
-    exp.writeUInt16BE(transmissionFlags(e), 10);
+    exp.writeUInt16BE(transmissionFlags(e, this.structuredReplies), 10);
     send(optionReply(option, NBD_REP_INFO, exp));
     if (requests.has(NBD_INFO_NAME)) {
       const n = Buffer.from(e.name, 'utf8');

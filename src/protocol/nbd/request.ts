@@ -143,15 +143,17 @@ export interface Rejection {
   readonly message: string;
 }
 
+// proto.md: FUA "is valid for all commands, provided NBD_FLAG_SEND_FUA has been
+// negotiated"; the others belong to one command each.
 const KNOWN_FLAGS: Record<number, number> = {
-  [NBD_CMD_READ]: NBD_CMD_FLAG_DF,
+  [NBD_CMD_READ]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_DF,
   [NBD_CMD_WRITE]: NBD_CMD_FLAG_FUA,
-  [NBD_CMD_DISC]: 0,
-  [NBD_CMD_FLUSH]: 0,
+  [NBD_CMD_DISC]: NBD_CMD_FLAG_FUA,
+  [NBD_CMD_FLUSH]: NBD_CMD_FLAG_FUA,
   [NBD_CMD_TRIM]: NBD_CMD_FLAG_FUA,
-  [NBD_CMD_CACHE]: 0,
+  [NBD_CMD_CACHE]: NBD_CMD_FLAG_FUA,
   [NBD_CMD_WRITE_ZEROES]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO,
-  [NBD_CMD_BLOCK_STATUS]: NBD_CMD_FLAG_REQ_ONE,
+  [NBD_CMD_BLOCK_STATUS]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE,
 };
 
 /**
