@@ -11,14 +11,27 @@ export default tseslint.config(
     },
   },
   {
-    // The protocol codecs are pure: no sockets, files, timers or clocks.
-    files: ['src/protocol/**/*.ts'],
+    // The protocol codecs and the core state machines are pure: no sockets, files, timers or clocks.
+    files: ['src/protocol/**/*.ts', 'src/core/**/*.ts'],
     rules: {
       'no-restricted-imports': ['error', { patterns: [
-        { group: ['node:*', 'fs', 'net', 'dgram', 'child_process', 'timers', 'os', '../io/*', '../../io/*', '../storage/*', '../../storage/*'],
-          message: 'protocol/ is pure: I/O belongs in io/ or storage/' },
+        { group: ['node:*', 'fs', 'net', 'dgram', 'child_process', 'timers', 'os', '../io/*', '../../io/*', '../storage/*', '../../storage/*',
+          // storage/metadata is pure (types and codec, no imports): core/ may use its Generations and DiskState
+          '!../storage/metadata'],
+          message: 'protocol/ and core/ are pure: I/O belongs in io/ or storage/' },
       ] }],
       'no-restricted-globals': ['error', 'setTimeout', 'setInterval', 'setImmediate', 'Date', 'process'],
+    },
+  },
+  {
+    // The sync link MACs its frames and derives its session keys: node:crypto is
+    // the one node module src/protocol/sync may import. The other restrictions stay.
+    files: ['src/protocol/sync/**/*.ts'],
+    rules: {
+      'no-restricted-imports': ['error', { patterns: [
+        { group: ['node:*', '!node:crypto', 'fs', 'net', 'dgram', 'child_process', 'timers', 'os', '../io/*', '../../io/*', '../storage/*', '../../storage/*'],
+          message: 'protocol/ is pure: I/O belongs in io/ or storage/ (src/protocol/sync may import node:crypto only)' },
+      ] }],
     },
   },
 );

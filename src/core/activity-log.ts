@@ -1,0 +1,163 @@
+// The activity log, as in DRBD: the set of "hot" extents in which writes may be
+// in flight. A write may only start once every extent it touches is recorded
+// as active on disk, so after a crash the extents of the newest record bound
+// every place where the two copies may differ without a dirty bit. Pure: the
+// caller persists each transaction (storage/activity-log-file.ts) and then
+// calls commit().
+//
+// At most one transaction is being persisted at a time: a write that needs a
+// new extent meanwhile, or touches one the pending transaction adds, must wait
+// for the commit. Otherwise it could start before its extent is durable.
+import { ActivityLogError, encodeRecord, type ActivityLogGeometry } from './activity-log-journal';
+
+export {
+  ActivityLogError, activityLogDefaults, activityLogGeometry, activityLogLimits, decodeRecord, encodeRecord,
+  extentCount, extentRange, journalBytes, recover,
+} from './activity-log-journal';
+export type { ActivityLogErrorCode, ActivityLogGeometry, JournalRecord, RecoveredLog } from './activity-log-journal';
+
+export interface AlTransaction {
+  readonly sequence: number;
+  /** write `record` at slot × slotBytes of the journal */
+  readonly slot: number;
+  readonly record: Buffer;
+  /** every extent active once this is committed, ascending */
+  readonly extents: readonly number[];
+  readonly added: readonly number[];
+  /** extents leaving the log: their dirty bits must be durable before `record` is written */
+  readonly evicted: readonly number[];
+}
+
+export type BeginWriteResult =
+  /** every extent is already durable in the log: write now */
+  | { readonly kind: 'ready' }
+  /** persist the transaction and commit() it, then write */
+  | { readonly kind: 'persist'; readonly transaction: AlTransaction }
+  /**
+   * nothing changed; try again after an endWrite() ('busy': every extent that could make room
+   * has writes in flight) or after the pending commit() ('committing')
+   */
+  | { readonly kind: 'wait'; readonly reason: 'busy' | 'committing' };
+
+export class ActivityLog {
+  readonly geometry: ActivityLogGeometry;
+  /** active extent → writes in flight; Map order is least recently used first */
+  private readonly active = new Map<number, number>();
+  private pending: AlTransaction | undefined;
+  private sequence: number;
+
+  /** An empty log whose first transaction gets `nextSequence` (after recovery: the recovered sequence + 1). */
+  constructor(geometry: ActivityLogGeometry, nextSequence = 1) {
+    if (!Number.isSafeInteger(nextSequence) || nextSequence < 1) {
+      throw new ActivityLogError('ERR_AL_TRANSACTION', `sequence ${nextSequence} is not a positive integer`);
+    }
+    this.geometry = geometry;
+    this.sequence = nextSequence;
+  }
+
+  /** Admits a write of `length` bytes at `offset`, or says what must happen first. */
+  beginWrite(offset: number, length: number): BeginWriteResult {
+    const touched = this.extentsOf(offset, length);
+    const pendingAdds = this.pending?.added ?? [];
+    if (touched.some((e) => pendingAdds.includes(e))) return { kind: 'wait', reason: 'committing' };
+    const missing = touched.filter((e) => !this.active.has(e));
+    if (missing.length === 0) {
+      for (const e of touched) this.touch(e, 1);
+      return { kind: 'ready' };
+    }
+    if (this.pending !== undefined) return { kind: 'wait', reason: 'committing' };
+    const room = this.geometry.extentsMax - this.active.size - missing.length;
+    const evicted: number[] = [];
+    for (const [e, inFlight] of this.active) {
+      if (evicted.length >= -room) break;
+      if (inFlight === 0 && !touched.includes(e)) evicted.push(e);
+    }
+    if (evicted.length < -room) return { kind: 'wait', reason: 'busy' };
+    for (const e of evicted) this.active.delete(e);
+    for (const e of touched) this.touch(e, 1);
+    return { kind: 'persist', transaction: this.transaction(missing, evicted) };
+  }
+
+  /** Ends a write admitted by beginWrite (whether or not it was carried out). */
+  endWrite(offset: number, length: number): void {
+    const touched = this.extentsOf(offset, length);
+    const idle = touched.find((e) => (this.active.get(e) ?? 0) === 0);
+    if (idle !== undefined) throw new ActivityLogError('ERR_AL_NOT_IN_FLIGHT', `no write in flight in extent ${idle}`);
+    for (const e of touched) this.active.set(e, (this.active.get(e) as number) - 1);
+  }
+
+  /** Marks the pending transaction durable. */
+  commit(t: AlTransaction): void {
+    if (this.pending === undefined || this.pending.sequence !== t.sequence) {
+      throw new ActivityLogError('ERR_AL_TRANSACTION', `transaction ${t.sequence} is not the pending one`);
+    }
+    this.pending = undefined;
+  }
+
+  /**
+   * Empties the log, for a clean stop or after recovery has moved the old extents into the bitmap:
+   * a transaction listing no extents, once no write is in flight or being committed.
+   */
+  shrink(): { readonly kind: 'persist'; readonly transaction: AlTransaction } | { readonly kind: 'wait'; readonly reason: 'busy' | 'committing' } {
+    if (this.pending !== undefined) return { kind: 'wait', reason: 'committing' };
+    if ([...this.active.values()].some((n) => n > 0)) return { kind: 'wait', reason: 'busy' };
+    const evicted = [...this.active.keys()];
+    this.active.clear();
+    return { kind: 'persist', transaction: this.transaction([], evicted) };
+  }
+
+  /** active extents, ascending (including those of a pending transaction) */
+  activeExtents(): number[] {
+    return [...this.active.keys()].sort((a, b) => a - b);
+  }
+
+  inFlight(extent: number): number {
+    return this.active.get(extent) ?? 0;
+  }
+
+  get pendingTransaction(): AlTransaction | undefined {
+    return this.pending;
+  }
+
+  get nextSequence(): number {
+    return this.sequence;
+  }
+
+  /** the extents a byte range touches, ascending */
+  extentsOf(offset: number, length: number): number[] {
+    const g = this.geometry;
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > g.volumeBytes) {
+      throw new ActivityLogError('ERR_AL_RANGE', `range ${offset}+${length} is outside the ${g.volumeBytes}-byte volume`);
+    }
+    if (length === 0) return [];
+    const first = Math.floor(offset / g.extentBytes);
+    const end = Math.ceil((offset + length) / g.extentBytes);
+    if (end - first > g.extentsMax) {
+      throw new ActivityLogError('ERR_AL_RANGE', `a write over ${end - first} extents can never fit in ${g.extentsMax} active extents`);
+    }
+    return Array.from({ length: end - first }, (_, i) => first + i);
+  }
+
+  /** moves an extent to the most recently used end, adding `writes` to its count */
+  private touch(extent: number, writes: number): void {
+    const n = this.active.get(extent) ?? 0;
+    this.active.delete(extent);
+    this.active.set(extent, n + writes);
+  }
+
+  private transaction(added: readonly number[], evicted: readonly number[]): AlTransaction {
+    const extents = this.activeExtents();
+    const sequence = this.sequence++;
+    const t: AlTransaction = {
+      sequence,
+      slot: sequence % this.geometry.journalSlots,
+      record: encodeRecord(this.geometry, sequence, extents),
+      extents,
+      added,
+      evicted,
+    };
+    this.pending = t;
+    return t;
+  }
+}
+

@@ -1,0 +1,74 @@
+// BACKING.tandem.al: a volume's activity log journal on disk, after a header
+// page (tracking-file.ts): journalSlots slots of 4 KiB, one transaction each.
+// Opening reads the journal back (recover()), and the log resumes after the
+// newest intact record, so its next record lands in the slot after it.
+//
+// Methods return promises although the I/O is synchronous today (one 4 KiB
+// write and an fdatasync), so they can move to a worker without changing callers.
+import fs from 'node:fs';
+import {
+  ActivityLog, activityLogGeometry, activityLogLimits, journalBytes, recover,
+  type ActivityLogGeometry, type AlTransaction, type RecoveredLog,
+} from '../core/activity-log';
+import {
+  createTrackingFile, openTrackingFile, syncData, trackingFileLimits, TrackingFileError, writeAt, type TrackingFileFormat,
+} from './tracking-file';
+
+/** extentsMax is not stored: it only limits the running log, and any journal is readable with any value */
+export const activityLogFileFormat: TrackingFileFormat = {
+  magic: 'TNDMALOG', version: 1, fields: ['volumeBytes', 'extentBytes', 'journalSlots'],
+};
+
+export function activityLogPath(backingPath: string): string {
+  return `${backingPath}.tandem.al`;
+}
+
+function headerValues(g: ActivityLogGeometry): Record<string, number> {
+  return { volumeBytes: g.volumeBytes, extentBytes: g.extentBytes, journalSlots: g.journalSlots };
+}
+
+export class ActivityLogFile {
+  readonly geometry: ActivityLogGeometry;
+  /** what the journal held when the file was opened */
+  readonly recovered: RecoveredLog;
+  /** an empty log that continues the journal's sequence */
+  readonly log: ActivityLog;
+  private closed = false;
+
+  private constructor(readonly path: string, private readonly fd: number, geometry: ActivityLogGeometry, journal: Buffer) {
+    this.geometry = geometry;
+    this.recovered = recover(geometry, journal);
+    this.log = new ActivityLog(geometry, this.recovered.sequence + 1);
+  }
+
+  /** Creates an empty journal; refuses an existing file (TrackingFileError ERR_TRACKING_EXISTS). */
+  static async create(file: string, geometry: ActivityLogGeometry): Promise<ActivityLogFile> {
+    const g = activityLogGeometry(geometry);
+    createTrackingFile(file, activityLogFileFormat, headerValues(g), journalBytes(g));
+    return ActivityLogFile.open(file, g);
+  }
+
+  /** Opens, checks the geometry (TrackingFileError ERR_TRACKING_SIZE, _HEADER, _GEOMETRY) and reads the journal back. */
+  static async open(file: string, geometry: ActivityLogGeometry): Promise<ActivityLogFile> {
+    const g = activityLogGeometry(geometry);
+    const { fd, body } = openTrackingFile(file, activityLogFileFormat, headerValues(g), journalBytes(g));
+    return new ActivityLogFile(file, fd, g, body);
+  }
+
+  /**
+   * Writes the transaction's record into its slot, makes it durable, then commits it to the log.
+   * The caller has already made the dirty bits of `t.evicted` durable (change-tracking.ts does both).
+   */
+  async persist(t: AlTransaction): Promise<void> {
+    if (this.closed) throw new TrackingFileError('ERR_TRACKING_CLOSED', `${this.path} is closed`);
+    writeAt(this.fd, t.record, trackingFileLimits.headerBytes + t.slot * activityLogLimits.slotBytes, `write ${this.path}`);
+    syncData(this.fd, `sync ${this.path}`);
+    this.log.commit(t);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    fs.closeSync(this.fd);
+  }
+}
