@@ -47,7 +47,10 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`tandem: ${e.message}\n${command === 'serve' ? serveUsage : usage}\n`);
       return 2;
     }
-    if (e instanceof VolumeError || (e as NodeJS.ErrnoException).code === 'EADDRINUSE' || (e as NodeJS.ErrnoException).code === 'EACCES') {
+    // operating errors (a refused volume, an address that cannot be bound, a file
+    // that cannot be written) are reported plainly; anything else is a bug and crashes
+    const code = (e as NodeJS.ErrnoException).code;
+    if (e instanceof VolumeError || (typeof code === 'string' && /^E[A-Z]+$/.test(code))) {
       process.stderr.write(`tandem: error: ${(e as Error).message}\n`);
       return 1;
     }

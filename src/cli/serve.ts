@@ -2,7 +2,9 @@
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { NbdServer, type ServedExport } from '../io/nbd-server';
-import { createVolume, openVolume, readMetadata, defaultMetaPath, VolumeError, type Volume } from '../storage/volume-store';
+import {
+  createVolume, defaultMetaPath, openVolume, readMetadata, removeVolume, VolumeError, type Volume, type VolumeLocation,
+} from '../storage/volume-store';
 import { parseHostPort } from '../util/address';
 import { createLogger, type Logger } from '../util/log';
 import { formatSize, parseSize } from '../util/size';
@@ -72,9 +74,11 @@ export function parseServeArgs(args: string[]): ServeOptions {
   const listen = parseHostPort(values.listen);
   if (typeof listen === 'string') throw new UsageError(`--listen: ${listen}`);
   const syncIoBytesMax = sizeOption(values['sync-io-max'], '--sync-io-max');
+  const size = sizeOption(values.size, '--size');
+  if (size === 0) throw new UsageError('--size must be larger than 0');
   return {
     files, names, listen,
-    size: sizeOption(values.size, '--size'),
+    size,
     readOnly: values['read-only'],
     meta: values.meta,
     syncIoBytesMax,
@@ -82,12 +86,14 @@ export function parseServeArgs(args: string[]): ServeOptions {
   };
 }
 
-function openOrCreate(file: string, meta: string | undefined, o: ServeOptions, log: Logger): Volume {
+/** Opens a volume, creating it first when --size asks for it; `created` collects what was made here. */
+function openOrCreate(file: string, meta: string | undefined, o: ServeOptions, log: Logger, created: VolumeLocation[]): Volume {
   const loc = meta === undefined ? { backingPath: file } : { backingPath: file, metaPath: meta };
   const existing = readMetadata(defaultMetaPath(loc));
   if (o.size !== undefined) {
     if (existing === undefined && !fs.existsSync(file)) {
       const m = createVolume(loc, o.size);
+      created.push(loc);
       log.info('volume created', { file, size: m.size, volume: m.volumeId });
     } else if (existing !== undefined && existing.size !== o.size) {
       throw new VolumeError('ERR_VOLUME_MISMATCH', `${file} is volume ${existing.volumeId} of ${existing.size} bytes, not --size ${o.size}`);
@@ -104,10 +110,16 @@ function openOrCreate(file: string, meta: string | undefined, o: ServeOptions, l
 export async function runServe(o: ServeOptions): Promise<number> {
   const log = createLogger('serve', undefined, o.debug);
   const volumes: Volume[] = [];
-  try {
-    for (const file of o.files) volumes.push(openOrCreate(file, o.meta, o, log));
-  } catch (e) {
+  const created: VolumeLocation[] = [];
+  // a start that fails leaves nothing behind: volumes made by this run are removed again
+  const undo = async (): Promise<void> => {
     for (const v of volumes) await v.backend.close();
+    for (const loc of created) removeVolume(loc);
+  };
+  try {
+    for (const file of o.files) volumes.push(openOrCreate(file, o.meta, o, log, created));
+  } catch (e) {
+    await undo();
     throw e;
   }
   const exports: ServedExport[] = volumes.map((v, i) => ({
@@ -116,7 +128,13 @@ export async function runServe(o: ServeOptions): Promise<number> {
     backend: v.backend,
   }));
   const server = new NbdServer({ exports, log });
-  const addr = await server.listen(o.listen.host, o.listen.port);
+  let addr;
+  try {
+    addr = await server.listen(o.listen.host, o.listen.port);
+  } catch (e) {
+    await undo();
+    throw e;
+  }
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   for (const [i, v] of volumes.entries()) {
     log.info('serving', { export: exports[i]?.name ?? '', file: v.backingPath, size: formatSize(v.meta.size), read_only: o.readOnly });

@@ -71,6 +71,8 @@ export class NbdConnection implements RequestSink {
   private unendedCost = 0;
   private write: WriteInProgress | undefined;
   private draining = false;
+  /** our side is ended: input is read and dropped so the client's FIN can arrive */
+  private finishing = false;
   private closed = false;
   private waitingForBudget = false;
   private corked = false;
@@ -110,6 +112,7 @@ export class NbdConnection implements RequestSink {
   }
 
   private onData(chunk: Buffer): void {
+    if (this.finishing) return;
     if (!this.corked) {
       // batch every reply produced while handling this chunk into one writev
       this.corked = true;
@@ -126,8 +129,7 @@ export class NbdConnection implements RequestSink {
       } else if (step.kind === 'close') {
         this.closeReason = step.reason;
         if (!step.soft) this.ctx.log.warn('handshake refused', { peer: this.peer, reason: step.reason });
-        this.socket.end();
-        this.socket.pause();
+        this.endOurSide();
       } else {
         this.startTransmission(step.negotiated, step.rest);
       }
@@ -373,8 +375,15 @@ export class NbdConnection implements RequestSink {
   }
 
   private maybeFinish(): void {
-    if (!this.draining || this.closed || this.inflightRequests > 0) return;
+    if (!this.draining || this.closed || this.finishing || this.inflightRequests > 0) return;
+    this.endOurSide();
+  }
+
+  private endOurSide(): void {
+    this.finishing = true;
     this.socket.end();
+    // a paused socket never sees the client's FIN, so 'close' would wait for the drain timeout
+    this.socket.resume();
   }
 
   private onClose(): void {

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -33,6 +34,7 @@ static napi_value throw_errno(napi_env env, const char *syscall, int err) {
     case EDQUOT: name = "EDQUOT"; break;
     case EFBIG: name = "EFBIG"; break;
     case EROFS: name = "EROFS"; break;
+    case EWOULDBLOCK: name = "EWOULDBLOCK"; break;
     default: break;
   }
   napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code);
@@ -109,11 +111,24 @@ static napi_value js_block_device_size(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* flock(fd, LOCK_EX or LOCK_SH, non-blocking): one writer per volume across processes */
+static napi_value js_flock(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int64_t fd, exclusive;
+  if (!get_args(env, info, 2, argv)) return NULL;
+  if (!get_i64(env, argv[0], &fd) || !get_i64(env, argv[1], &exclusive)) return NULL;
+  int r;
+  do { r = flock((int)fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB); } while (r < 0 && errno == EINTR);
+  if (r < 0) return throw_errno(env, "flock", errno);
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"fallocate", NULL, js_fallocate, NULL, NULL, NULL, napi_default, NULL},
     {"lseek", NULL, js_lseek, NULL, NULL, NULL, napi_default, NULL},
     {"blockDeviceSize", NULL, js_block_device_size, NULL, NULL, NULL, napi_default, NULL},
+    {"flock", NULL, js_flock, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   napi_value c;

@@ -6,6 +6,8 @@ export interface Native {
   /** -1 when there is no data (SEEK_DATA) or hole (SEEK_HOLE) at or after offset */
   lseek(fd: number, offset: number, whence: number): number;
   blockDeviceSize(fd: number): number;
+  /** non-blocking flock; throws EWOULDBLOCK when another open file description holds it */
+  flock(fd: number, exclusive: 0 | 1): void;
   readonly FALLOC_FL_KEEP_SIZE: number;
   readonly FALLOC_FL_PUNCH_HOLE: number;
   readonly FALLOC_FL_ZERO_RANGE: number;

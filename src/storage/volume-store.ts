@@ -9,7 +9,8 @@ import { decodeMetadata, encodeMetadata, metadataLimits, NO_GENERATION, type Vol
 import { native } from './native';
 
 export type VolumeErrorCode =
-  | 'ERR_VOLUME_EXISTS' | 'ERR_VOLUME_NOT_FOUND' | 'ERR_VOLUME_METADATA' | 'ERR_VOLUME_MISMATCH' | 'ERR_VOLUME_BACKING';
+  | 'ERR_VOLUME_EXISTS' | 'ERR_VOLUME_NOT_FOUND' | 'ERR_VOLUME_METADATA' | 'ERR_VOLUME_MISMATCH' | 'ERR_VOLUME_BACKING'
+  | 'ERR_VOLUME_BUSY';
 
 export class VolumeError extends Error {
   override readonly name = 'VolumeError';
@@ -107,10 +108,22 @@ export function createVolume(loc: VolumeLocation, size: number, blockSize: numbe
     throw new VolumeError('ERR_VOLUME_BACKING', `cannot size ${loc.backingPath}: ${(e as Error).message}`);
   }
   fs.closeSync(fd);
-  fsyncDir(path.dirname(path.resolve(loc.backingPath)));
   const m = freshMetadata(size, 'file', blockSize);
-  writeMetadata(metaPath, m);
+  try {
+    fsyncDir(path.dirname(path.resolve(loc.backingPath)));
+    writeMetadata(metaPath, m);
+  } catch (e) {
+    // leave nothing half made: a backing without metadata is not a volume
+    fs.rmSync(loc.backingPath, { force: true });
+    throw new VolumeError('ERR_VOLUME_METADATA', `cannot write ${metaPath}: ${(e as Error).message}`);
+  }
   return m;
+}
+
+/** Removes a volume this process just created (used to undo a start that failed later). */
+export function removeVolume(loc: VolumeLocation): void {
+  fs.rmSync(loc.backingPath, { force: true });
+  fs.rmSync(defaultMetaPath(loc), { force: true });
 }
 
 function backingSize(fd: number, st: fs.Stats): number {
@@ -137,6 +150,12 @@ export function openVolume(loc: VolumeLocation, o: OpenOptions = {}): Volume {
       `cannot open ${loc.backingPath}: ${(e as Error).message}`);
   }
   try {
+    try {
+      native.flock(fd, readOnly ? 0 : 1);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EWOULDBLOCK') throw e;
+      throw new VolumeError('ERR_VOLUME_BUSY', `${loc.backingPath} is in use by another process`);
+    }
     const st = fs.fstatSync(fd);
     if (!st.isFile() && !st.isBlockDevice()) {
       throw new VolumeError('ERR_VOLUME_BACKING', `${loc.backingPath} is neither a regular file nor a block device`);

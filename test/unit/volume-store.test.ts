@@ -93,3 +93,17 @@ test('store: write, read back, punch, zero and extents agree with the file', asy
     await b.close();
   }
 });
+
+test('a volume has one writer: a second open for writing is refused while the first holds it', async () => {
+  const l = loc();
+  createVolume(l, 1 << 20);
+  const first = openVolume(l);
+  try {
+    assert.throws(() => openVolume(l), (e: unknown) => e instanceof VolumeError && e.code === 'ERR_VOLUME_BUSY' && /in use/.test(e.message));
+    assert.throws(() => openVolume(l, { readOnly: true }), (e: unknown) => e instanceof VolumeError && e.code === 'ERR_VOLUME_BUSY');
+  } finally {
+    await first.backend.close();
+  }
+  const again = openVolume(l);
+  await again.backend.close();
+});
