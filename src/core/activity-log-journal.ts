@@ -8,6 +8,7 @@
 // rotted record fails its checksum and recovery falls back to the record
 // before it; with deltas a bad record would break the chain of every later one.
 import { crc32c } from './crc32c';
+import { CodedError } from '../util/coded-error';
 
 export const activityLogDefaults = {
   extentBytes: 4 * 1024 * 1024,
@@ -40,11 +41,8 @@ export const activityLogLimits = {
 export type ActivityLogErrorCode =
   | 'ERR_AL_GEOMETRY' | 'ERR_AL_RANGE' | 'ERR_AL_NOT_IN_FLIGHT' | 'ERR_AL_TRANSACTION' | 'ERR_AL_JOURNAL_SIZE';
 
-export class ActivityLogError extends Error {
+export class ActivityLogError extends CodedError<ActivityLogErrorCode> {
   override readonly name = 'ActivityLogError';
-  constructor(readonly code: ActivityLogErrorCode, message: string) {
-    super(message);
-  }
 }
 
 export interface ActivityLogGeometry {

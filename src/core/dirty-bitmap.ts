@@ -5,6 +5,7 @@
 // Setting rounds outward (a write touching one byte of a region makes the
 // whole region suspect); clearing rounds inward (a region is only known to
 // agree when all of it was copied), so neither ever loses a difference.
+import { CodedError } from '../util/coded-error';
 
 export const dirtyBitmapDefaults = {
   regionBytes: 64 * 1024,
@@ -21,11 +22,8 @@ export const dirtyBitmapLimits = {
 
 export type BitmapErrorCode = 'ERR_BITMAP_GEOMETRY' | 'ERR_BITMAP_RANGE' | 'ERR_BITMAP_LENGTH' | 'ERR_BITMAP_PADDING';
 
-export class BitmapError extends Error {
+export class BitmapError extends CodedError<BitmapErrorCode> {
   override readonly name = 'BitmapError';
-  constructor(readonly code: BitmapErrorCode, message: string) {
-    super(message);
-  }
 }
 
 export interface BitmapGeometry {

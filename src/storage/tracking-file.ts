@@ -6,16 +6,14 @@
 import fs from 'node:fs';
 import { crc32c } from '../core/crc32c';
 import { writeFileAtomic } from './atomic-file';
+import { CodedError } from '../util/coded-error';
 
 export type TrackingFileErrorCode =
   | 'ERR_TRACKING_EXISTS' | 'ERR_TRACKING_NOT_FOUND' | 'ERR_TRACKING_SIZE' | 'ERR_TRACKING_HEADER'
   | 'ERR_TRACKING_GEOMETRY' | 'ERR_TRACKING_CORRUPT' | 'ERR_TRACKING_IO' | 'ERR_TRACKING_CLOSED' | 'ERR_TRACKING_BUSY';
 
-export class TrackingFileError extends Error {
+export class TrackingFileError extends CodedError<TrackingFileErrorCode> {
   override readonly name = 'TrackingFileError';
-  constructor(readonly code: TrackingFileErrorCode, message: string) {
-    super(message);
-  }
 }
 
 export const trackingFileLimits = {

@@ -7,16 +7,14 @@ import { writeFileAtomic } from './atomic-file';
 import { FileBackend } from './file-backend';
 import { decodeMetadata, encodeMetadata, metadataLimits, NO_GENERATION, type VolumeMetadata } from './metadata';
 import { native } from './native';
+import { CodedError } from '../util/coded-error';
 
 export type VolumeErrorCode =
   | 'ERR_VOLUME_EXISTS' | 'ERR_VOLUME_NOT_FOUND' | 'ERR_VOLUME_METADATA' | 'ERR_VOLUME_MISMATCH' | 'ERR_VOLUME_BACKING'
   | 'ERR_VOLUME_BUSY';
 
-export class VolumeError extends Error {
+export class VolumeError extends CodedError<VolumeErrorCode> {
   override readonly name = 'VolumeError';
-  constructor(readonly code: VolumeErrorCode, message: string) {
-    super(message);
-  }
 }
 
 export const volumeDefaults = {

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
+import '../helpers/fc-seed';
 import {
   ActivityLog, ActivityLogError, activityLogGeometry, activityLogLimits, decodeRecord, encodeRecord, journalBytes, recover,
   type ActivityLogGeometry, type AlTransaction, type BeginWriteResult,

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import fc from 'fast-check';
+import '../helpers/fc-seed';
 import { activityLogLimits, type AlTransaction } from '../../src/core/activity-log';
 import { DirtyBitmap } from '../../src/core/dirty-bitmap';
 import { ActivityLogFile } from '../../src/storage/activity-log-file';

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
+import '../helpers/fc-seed';
 import { BitmapError, bitmapGeometry, DirtyBitmap, dirtyBitmapLimits, type ByteRun } from '../../src/core/dirty-bitmap';
 
 const KiB = 1024;

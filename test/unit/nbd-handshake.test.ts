@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
+import '../helpers/fc-seed';
 import * as C from '../../src/protocol/nbd/constants';
 import { staticCatalog, type ExportInfo } from '../../src/protocol/nbd/export-info';
 import { Handshake, serverGreeting, type HandshakeStep } from '../../src/protocol/nbd/handshake';

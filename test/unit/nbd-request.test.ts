@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
+import '../helpers/fc-seed';
 import * as C from '../../src/protocol/nbd/constants';
 import type { ExportInfo } from '../../src/protocol/nbd/export-info';
 import type { Negotiated } from '../../src/protocol/nbd/handshake';

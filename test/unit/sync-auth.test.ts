@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
+import '../helpers/fc-seed';
 import {
   SyncAuth, authMac, deriveSessionKeys, type AuthDone, type AuthFailure, type AuthStep, type SyncAuthOptions, type SyncRole,
 } from '../../src/protocol/sync/auth';

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
+import '../helpers/fc-seed';
 import { SyncProtocolError, type SyncErrorCode } from '../../src/protocol/sync/errors';
 import {
   FRAME_HEADER_BYTES, FrameDecoder, FrameEncoder, SYNC_MAGIC, encodeFrame, encodeFrameParts, frameMac, type Frame,
