@@ -97,8 +97,11 @@ function openOrCreate(file: string, meta: string | undefined, o: ServeOptions, l
       log.info('volume created', { file, size: m.size, volume: m.volumeId });
     } else if (existing !== undefined && existing.size !== o.size) {
       throw new VolumeError('ERR_VOLUME_MISMATCH', `${file} is volume ${existing.volumeId} of ${existing.size} bytes, not --size ${o.size}`);
-    } else if (existing === undefined && fs.statSync(file).size !== o.size && fs.statSync(file).isFile()) {
-      throw new VolumeError('ERR_VOLUME_MISMATCH', `${file} exists with ${fs.statSync(file).size} bytes, not --size ${o.size}`);
+    } else if (existing === undefined) {
+      const st = fs.statSync(file);
+      if (st.isFile() && st.size !== o.size) {
+        throw new VolumeError('ERR_VOLUME_MISMATCH', `${file} exists with ${st.size} bytes, not --size ${o.size}`);
+      }
     }
   }
   const openOpts = o.syncIoBytesMax === undefined

@@ -1,3 +1,5 @@
+import { CodedError } from '../util/coded-error';
+
 // The interface every store offers to the data path, as nbdkit's backends do.
 // Wrappers (read-only, replicate, fault-inject) implement it around another one.
 
@@ -39,9 +41,6 @@ export interface Backend {
 }
 
 /** An operating error of a store, with the errno-like code it came from. */
-export class StoreError extends Error {
+export class StoreError extends CodedError<string> {
   override readonly name = 'StoreError';
-  constructor(readonly code: string, message: string) {
-    super(message);
-  }
 }
