@@ -1,35 +1,103 @@
-// `tandem demo`: until the cluster exists, one demo volume served over NBD on loopback.
+// `tandem demo`: two nodes on this machine (loopback addresses 127.0.0.2 and
+// 127.0.0.3), one mirrored volume exported over NBD by the primary. Each node
+// is a real `tandem node start` process, so it can be killed and restarted.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { parseSize } from '../util/size';
 import { UsageError } from './errors';
-import { parseServeArgs, runServe } from './serve';
+
+interface DemoNode { readonly name: string; readonly ip: string; readonly config: string; readonly logFile: string }
+
+function writeConfigs(dir: string, size: string): DemoNode[] {
+  const secretFile = path.join(dir, 'cluster.json');
+  let cluster: { id: string; secret: string };
+  if (fs.existsSync(secretFile)) cluster = JSON.parse(fs.readFileSync(secretFile, 'utf8')) as typeof cluster;
+  else {
+    cluster = { id: randomBytes(16).toString('hex'), secret: randomBytes(32).toString('hex') };
+    fs.writeFileSync(secretFile, JSON.stringify(cluster) + '\n', { mode: 0o600 });
+  }
+  const nodes = [{ name: 'alpha', ip: '127.0.0.2' }, { name: 'beta', ip: '127.0.0.3' }];
+  return nodes.map((n, i) => {
+    const peer = nodes[1 - i] as { name: string; ip: string };
+    const config = path.join(dir, `${n.name}.json`);
+    fs.writeFileSync(config, JSON.stringify({
+      cluster: { name: 'demo', ...cluster },
+      node: { name: n.name, dataDir: path.join(dir, n.name), syncListen: `${n.ip}:7788`, apiListen: `${n.ip}:7780`, nbdListen: `${n.ip}:10809` },
+      peer: { name: peer.name, syncAddress: `${peer.ip}:7788` },
+      sync: { pingIntervalMs: 200, timeoutMs: 1000, reconnectMs: 300 },
+      volumes: [{ name: 'vol0', size, primary: 'alpha', cacheMode: 'write-back' }],
+    }, null, 2) + '\n', { mode: 0o600 });
+    return { ...n, config, logFile: path.join(dir, `${n.name}.log`) };
+  });
+}
+
+function startNode(bin: string, n: DemoNode): Promise<ChildProcess> {
+  const log = fs.openSync(n.logFile, 'a');
+  const child = spawn(process.execPath, [bin, 'node', 'start', '--config', n.config], { stdio: ['ignore', 'pipe', log] });
+  fs.closeSync(log);
+  return new Promise((resolve, reject) => {
+    let out = '';
+    child.stdout?.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('ready')) resolve(child);
+    });
+    child.once('exit', (code) => reject(new Error(`node ${n.name} exited with ${code}; see ${n.logFile}`)));
+  });
+}
 
 export async function runDemo(args: string[], defaultDir: string): Promise<number> {
   let values;
   try {
     ({ values } = parseArgs({ args, strict: true, options: {
       dir: { type: 'string', default: defaultDir },
-      listen: { type: 'string', default: '127.0.0.1:10809' },
       size: { type: 'string', default: '1G' },
     } }));
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
+  if (typeof parseSize(values.size) === 'string') throw new UsageError(`--size: ${String(parseSize(values.size))}`);
   fs.mkdirSync(values.dir, { recursive: true });
-  const file = path.join(values.dir, 'demo.img');
-  const url = `nbd://${values.listen}`;
-  process.stdout.write(`tandem demo: volume ${file} served on ${url}
+  const nodes = writeConfigs(values.dir, values.size);
+  const bin = path.join(__dirname, '..', '..', '..', 'bin', 'tandem.js');
+  const children: ChildProcess[] = [];
+  const stopAll = async (): Promise<void> => {
+    await Promise.all(children.map((c) => new Promise<void>((r) => {
+      if (c.exitCode !== null || c.signalCode !== null) { r(); return; }
+      c.once('exit', () => r());
+      c.kill('SIGTERM');
+    })));
+  };
+  try {
+    for (const n of nodes) children.push(await startNode(bin, n));
+  } catch (e) {
+    await stopAll();
+    throw e;
+  }
+  const [a, b] = children as [ChildProcess, ChildProcess];
+  const url = 'nbd://127.0.0.2:10809/vol0';
+  process.stdout.write(`tandem demo: two nodes, one mirrored volume (files and logs in ${values.dir})
+  alpha  127.0.0.2  pid ${a.pid ?? '?'}  PRIMARY, exports ${url}
+  beta   127.0.0.3  pid ${b.pid ?? '?'}  SECONDARY, receives every write
 
 Try, in another terminal:
-  nbdinfo ${url}                                  # size, block sizes, what the export can do
-  qemu-io -f raw -c 'write -P 0xab 0 1M' ${url}    # write a pattern
-  qemu-io -f raw -c 'read -P 0xab 0 1M' ${url}     # read it back
-  nbdinfo --map ${url}                            # holes and data (base:allocation)
-Stop with Ctrl-C; the volume stays in ${values.dir}.
+  npx tandem status --api 127.0.0.2:7780          # PRIM / SECOND, resync progress (first: the initial sync)
+  qemu-io -f raw -c 'write -P 0xab 0 1M' ${url}    # a write lands on both nodes before it is acknowledged
+  kill -9 ${b.pid ?? 'BETA_PID'}                                      # beta dies: alpha goes on ALONE
+  qemu-io -f raw -c 'write -P 0xcd 1M 1M' ${url}   # written while alone: tracked in alpha's bitmap
+  npx tandem node start --config ${nodes[1]?.config}   # beta returns: only what changed is resynced
+  npx tandem verify vol0 --api 127.0.0.2:7780       # compare both copies block by block
+Stop with Ctrl-C.
 
 `);
-  const serveArgs = ['--file', file, '--listen', values.listen];
-  if (!fs.existsSync(file)) serveArgs.push('--size', values.size);
-  return runServe(parseServeArgs(serveArgs));
+  await new Promise<void>((resolve) => {
+    const stop = (): void => { process.off('SIGINT', stop); process.off('SIGTERM', stop); resolve(); };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+    a.once('exit', stop);
+  });
+  await stopAll();
+  return 0;
 }

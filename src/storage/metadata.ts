@@ -18,6 +18,14 @@ export interface VolumeMetadata {
   readonly backingKind: 'file' | 'device';
   readonly generations: Generations;
   readonly diskState: DiskState;
+  /** bytes this copy wrote while apart from its peer (generations.ts SyncSide.dirtyBytes) */
+  readonly dirtyBytes?: number;
+  /** when this copy last became primary (ms since the epoch), 0 if never */
+  readonly becamePrimaryAt?: number;
+  /** set while this copy is primary, cleared by a clean stop or a demotion: found set at start, it crashed as primary */
+  readonly primaryOpen?: boolean;
+  /** it crashed as primary and has not met its peer since */
+  readonly crashedPrimary?: boolean;
 }
 
 const FORMAT = 'tandem-volume';
@@ -66,7 +74,25 @@ export function decodeMetadata(text: string): VolumeMetadata | string {
       !Array.isArray(h) || h.length !== 2 || !h.every((x) => typeof x === 'string' && GEN.test(x))) {
     return 'generations malformed';
   }
+  const count = (k: string): number | string | undefined => {
+    const v = o[k];
+    if (v === undefined) return undefined;
+    return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? v : `${k} is not a non-negative integer`;
+  };
+  const flag = (k: string): boolean | string | undefined => {
+    const v = o[k];
+    return v === undefined || typeof v === 'boolean' ? v : `${k} is not a boolean`;
+  };
+  const dirtyBytes = count('dirtyBytes');
+  const becamePrimaryAt = count('becamePrimaryAt');
+  const primaryOpen = flag('primaryOpen');
+  const crashedPrimary = flag('crashedPrimary');
+  for (const v of [dirtyBytes, becamePrimaryAt, primaryOpen, crashedPrimary]) if (typeof v === 'string') return v;
   return {
+    ...(dirtyBytes === undefined ? {} : { dirtyBytes: dirtyBytes as number }),
+    ...(becamePrimaryAt === undefined ? {} : { becamePrimaryAt: becamePrimaryAt as number }),
+    ...(primaryOpen === undefined ? {} : { primaryOpen: primaryOpen as boolean }),
+    ...(crashedPrimary === undefined ? {} : { crashedPrimary: crashedPrimary as boolean }),
     volumeId: o.volumeId,
     size: o.size,
     blockSize: o.blockSize,

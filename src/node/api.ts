@@ -1,0 +1,119 @@
+// The node's HTTP API (JSON): status and the commands of docs/mirroring.md.
+// Every request body is bounded and checked; errors are { error: { code, message } }.
+import http from 'node:http';
+import type { Logger } from '../util/log';
+import type { HostPort } from './config';
+import type { NodeDaemon } from './daemon';
+
+export interface ApiServer {
+  readonly address: HostPort;
+  close(): Promise<void>;
+}
+
+export const apiLimits = { bodyBytesMax: 64 * 1024 } as const;
+
+class ApiError extends Error {
+  constructor(readonly status: number, readonly code: string, message: string) { super(message); }
+}
+
+function readBody(req: http.IncomingMessage): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let n = 0;
+    req.on('data', (c: Buffer) => {
+      n += c.length;
+      if (n > apiLimits.bodyBytesMax) {
+        reject(new ApiError(413, 'ERR_TOO_LARGE', `request body over ${apiLimits.bodyBytesMax} bytes`));
+        req.destroy();
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on('end', () => {
+      const text = Buffer.concat(chunks).toString('utf8').trim();
+      if (text === '') { resolve({}); return; }
+      try {
+        const v: unknown = JSON.parse(text);
+        if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not an object');
+        resolve(v as Record<string, unknown>);
+      } catch (e) {
+        reject(new ApiError(400, 'ERR_BAD_REQUEST', `request body is not a JSON object: ${(e as Error).message}`));
+      }
+    });
+    req.on('error', reject);
+  });
+}
+
+function bool(body: Record<string, unknown>, key: string): boolean {
+  const v = body[key] ?? false;
+  if (typeof v !== 'boolean') throw new ApiError(400, 'ERR_BAD_REQUEST', `${key} must be true or false`);
+  return v;
+}
+
+async function route(d: NodeDaemon, method: string, url: string, body: () => Promise<Record<string, unknown>>): Promise<unknown> {
+  if (method === 'GET' && url === '/api/v1/status') return d.status();
+  const m = /^\/api\/v1\/volumes\/([^/]+)\/(verify|resolve|promote|demote|connect|disconnect)$/.exec(url);
+  if (m === null) throw new ApiError(404, 'ERR_NOT_FOUND', `no such endpoint: ${method} ${url}`);
+  if (method !== 'POST') throw new ApiError(405, 'ERR_METHOD', `${url} takes POST`);
+  const name = decodeURIComponent(m[1] as string);
+  const r = d.replica(name);
+  if (r === undefined) throw new ApiError(404, 'ERR_UNKNOWN_VOLUME', `no volume named ${JSON.stringify(name)} on ${d.nodeName}`);
+  const b = await body();
+  switch (m[2]) {
+    case 'verify':
+      return r.verify({ resync: bool(b, 'resync') });
+    case 'promote':
+      await d.promote(name, bool(b, 'force'));
+      return r.status();
+    case 'demote':
+      await d.demote(name);
+      return r.status();
+    case 'disconnect':
+      await r.disconnect();
+      return r.status();
+    case 'connect':
+      r.connect();
+      return r.status();
+    case 'resolve': {
+      const node = b.discard;
+      if (typeof node !== 'string') throw new ApiError(400, 'ERR_BAD_REQUEST', 'discard must name the node whose changes are thrown away');
+      if (node === d.nodeName) r.resolveDiscardLocal();
+      else if (node === d.cfg.peer.name) throw new ApiError(400, 'ERR_RESOLVE_ON_LOSER', `run resolve on ${node}, the node whose changes are discarded`);
+      else throw new ApiError(400, 'ERR_UNKNOWN_NODE', `${JSON.stringify(node)} is neither ${d.nodeName} nor ${d.cfg.peer.name}`);
+      return r.status();
+    }
+  }
+  throw new ApiError(404, 'ERR_NOT_FOUND', url);
+}
+
+export function startApi(d: NodeDaemon, at: HostPort, log: Logger): Promise<ApiServer> {
+  const server = http.createServer((req, res) => {
+    const reply = (status: number, v: unknown): void => {
+      const text = JSON.stringify(v, null, 2) + '\n';
+      res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+      res.end(text);
+    };
+    route(d, req.method ?? 'GET', (req.url ?? '/').split('?')[0] as string, () => readBody(req)).then(
+      (v) => reply(200, v),
+      (e: unknown) => {
+        if (e instanceof ApiError) { reply(e.status, { error: { code: e.code, message: e.message } }); return; }
+        const code = (e as { code?: unknown }).code;
+        if (typeof code === 'string' && code.startsWith('ERR_')) { reply(409, { error: { code, message: (e as Error).message } }); return; }
+        log.error('request failed', { url: req.url, error: (e as Error).stack ?? String(e) });
+        reply(500, { error: { code: 'ERR_INTERNAL', message: (e as Error).message } });
+      },
+    );
+  });
+  server.requestTimeout = 10 * 60 * 1000;
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host: at.host, port: at.port, exclusive: true }, () => {
+      server.off('error', reject);
+      const a = server.address() as { address: string; port: number };
+      resolve({
+        address: { host: a.address, port: a.port },
+        close: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }),
+      });
+    });
+  });
+}

@@ -1,0 +1,303 @@
+// The node daemon: opens its copy of every volume, keeps the sync link to the
+// peer (dialling or accepting it), exports the volumes it is primary for over
+// NBD, and answers the status and command API. It owns every socket and timer;
+// the replication logic lives in src/replication.
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { newVolume } from '../core/generations';
+import { NbdServer, type ServedExport } from '../io/nbd-server';
+import { SyncMessageType, SyncVolumeRefusal, type SyncMessage } from '../protocol/sync/messages';
+import { ChangeTracking, changeTrackingGeometry, changeTrackingPaths } from '../storage/change-tracking';
+import { createVolume, openVolume, readMetadata, writeMetadata, type Volume } from '../storage/volume-store';
+import { ByteBudget } from '../util/byte-budget';
+import type { Logger } from '../util/log';
+import { replicationLimits } from '../replication/limits';
+import { PeerSession } from '../replication/peer-session';
+import { Replica } from '../replication/replica';
+import { establishLink, type SyncLink } from '../replication/sync-link';
+import { startApi, type ApiServer } from './api';
+import type { NodeConfig, VolumeConfig } from './config';
+
+export function wireVolumeId(clusterId: Buffer, volumeName: string): Buffer {
+  return createHash('sha256').update(clusterId).update('\0volume\0').update(volumeName).digest().subarray(0, 16);
+}
+
+/** Opens this node's copy of a volume, creating it (and its tracking files) at the first start. */
+async function openCopy(cfg: NodeConfig, v: VolumeConfig, log: Logger): Promise<{ volume: Volume; tracking: ChangeTracking }> {
+  const dir = path.join(cfg.node.dataDir, 'volumes');
+  fs.mkdirSync(dir, { recursive: true });
+  const backingPath = path.join(dir, `${v.name}.img`);
+  const loc = { backingPath };
+  const geometry = changeTrackingGeometry({ volumeBytes: v.size });
+  const existing = readMetadata(`${backingPath}.tandem.json`);
+  if (existing === undefined) {
+    const m = createVolume(loc, v.size);
+    const initial = newVolume(m.generations.current, { initialSource: v.primary === cfg.node.name });
+    writeMetadata(`${backingPath}.tandem.json`, { ...m, generations: initial.generations, diskState: initial.diskState });
+    const paths = changeTrackingPaths(backingPath);
+    for (const p of [paths.bitmapPath, paths.activityLogPath]) fs.rmSync(p, { force: true });
+    const t = await ChangeTracking.create(backingPath, geometry);
+    await t.closeClean();
+    log.info('volume created', { volume: v.name, size: v.size, diskState: initial.diskState });
+  } else if (existing.size !== v.size) {
+    throw new Error(`volume ${v.name}: ${backingPath} holds ${existing.size} bytes but the configuration says ${v.size}`);
+  }
+  const volume = openVolume(loc);
+  try {
+    return { volume, tracking: await ChangeTracking.open(backingPath, geometry) };
+  } catch (e) {
+    await volume.backend.close();
+    throw e;
+  }
+}
+
+export class NodeDaemon {
+  private readonly replicas = new Map<string, Replica>();
+  private readonly byWireId = new Map<string, Replica>();
+  private link: SyncLink | undefined;
+  private session: PeerSession | undefined;
+  private syncServer: net.Server | undefined;
+  private nbd: NbdServer | undefined;
+  private nbdVolumes = '';
+  private api: ApiServer | undefined;
+  private ticker: NodeJS.Timeout | undefined;
+  private dialTimer: NodeJS.Timeout | undefined;
+  private stopping = false;
+  private readonly applyBudget = new ByteBudget(replicationLimits.applyBytesMax);
+  private exportsBusy: Promise<void> = Promise.resolve();
+
+  constructor(readonly cfg: NodeConfig, private readonly log: Logger) {}
+
+  get nodeName(): string { return this.cfg.node.name; }
+
+  async start(): Promise<void> {
+    const cfg = this.cfg;
+    try {
+      for (const v of cfg.volumes) {
+        const { volume, tracking } = await openCopy(cfg, v, this.log);
+        const r = new Replica({
+          name: v.name, wireId: wireVolumeId(cfg.cluster.id, v.name), nodeName: cfg.node.name, peerName: cfg.peer.name,
+          volume, tracking, role: v.primary === cfg.node.name ? 'PRIMARY' : 'SECONDARY', cacheMode: v.cacheMode,
+          splitBrainPolicy: v.afterSplitBrain, resyncRateBytesPerSecond: v.resyncRate, checksumResync: v.checksumResync,
+          log: this.log.child(v.name), applyBudget: this.applyBudget,
+        });
+        r.handshakeTimeoutMs = cfg.sync.timeoutMs;
+        this.replicas.set(v.name, r);
+        this.byWireId.set(r.wireId.toString('hex'), r);
+      }
+      this.api = await startApi(this, cfg.node.apiListen, this.log.child('api'));
+      await this.refreshExports();
+      await this.listenSync();
+    } catch (e) {
+      await this.stop();
+      throw e;
+    }
+    this.ticker = setInterval(() => { for (const r of this.replicas.values()) r.tick(); }, Math.min(250, cfg.sync.pingIntervalMs));
+    if (this.dials()) this.dial();
+  }
+
+  replica(name: string): Replica | undefined {
+    return this.replicas.get(name);
+  }
+
+  status(): Record<string, unknown> {
+    return {
+      node: this.cfg.node.name,
+      cluster: this.cfg.cluster.name,
+      peer: { name: this.cfg.peer.name, connected: this.link !== undefined && !this.link.closed },
+      volumes: [...this.replicas.values()].map((r) => r.status()),
+    };
+  }
+
+  /** The node whose name sorts first dials; the other accepts. */
+  private dials(): boolean {
+    return this.cfg.node.name < this.cfg.peer.name;
+  }
+
+  private linkOptions(role: 'initiator' | 'acceptor'): Parameters<typeof establishLink>[1] {
+    const c = this.cfg;
+    return {
+      role, clusterId: c.cluster.id, clusterSecret: c.cluster.secret, nodeName: c.node.name, peerName: c.peer.name,
+      pingIntervalMs: c.sync.pingIntervalMs, timeoutMs: c.sync.timeoutMs,
+    };
+  }
+
+  private listenSync(): Promise<void> {
+    const server = net.createServer((socket) => {
+      const from = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+      socket.setNoDelay(true);
+      establishLink(socket, this.linkOptions('acceptor')).then(
+        (link) => this.onLink(link, from),
+        (e: unknown) => this.log.warn('sync link refused', { from, code: (e as { code?: string }).code ?? 'ERR_SYNC', reason: (e as Error).message }),
+      );
+    });
+    this.syncServer = server;
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ host: this.cfg.node.syncListen.host, port: this.cfg.node.syncListen.port, exclusive: true }, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  }
+
+  private dial(): void {
+    if (this.stopping || (this.link !== undefined && !this.link.closed)) return;
+    const { host, port } = this.cfg.peer.syncAddress;
+    const socket = net.connect({ host, port });
+    socket.setNoDelay(true);
+    let retried = false;
+    const retry = (): void => {
+      if (retried || this.stopping) return;
+      retried = true;
+      this.dialTimer = setTimeout(() => this.dial(), this.cfg.sync.reconnectMs);
+    };
+    socket.once('error', retry);
+    socket.once('connect', () => {
+      socket.off('error', retry);
+      establishLink(socket, this.linkOptions('initiator')).then(
+        (link) => { this.onLink(link, `${host}:${port}`); link.onClose(retry); },
+        (e: unknown) => {
+          this.log.warn('sync link failed', { to: `${host}:${port}`, code: (e as { code?: string }).code ?? 'ERR_SYNC', reason: (e as Error).message });
+          retry();
+        },
+      );
+    });
+  }
+
+  private onLink(link: SyncLink, from: string): void {
+    if (this.stopping) {
+      link.close('node stopping');
+      return;
+    }
+    if (this.link !== undefined && !this.link.closed) {
+      this.log.warn('a new sync link replaces the current one', { from });
+      this.link.close('replaced by a new connection from the peer');
+    }
+    this.link = link;
+    const session = new PeerSession(link, this.cfg.sync.timeoutMs);
+    this.session = session;
+    this.log.info('peer connected', { peer: link.peerName, from });
+    link.onClose((reason) => {
+      if (this.session === session) { this.session = undefined; this.link = undefined; }
+      this.log.warn('peer disconnected', { peer: link.peerName, reason });
+      for (const r of this.replicas.values()) r.detach(reason);
+    });
+    for (const r of this.replicas.values()) r.attach(session);
+    link.start((m) => this.dispatch(session, m));
+  }
+
+  private dispatch(session: PeerSession, m: SyncMessage): void {
+    switch (m.type) {
+      case SyncMessageType.WRITE_ACK:
+      case SyncMessageType.FLUSH_ACK:
+        if (!session.settle(m.requestId, m.status)) session.link.close(`${m.type === SyncMessageType.WRITE_ACK ? 'WRITE_ACK' : 'FLUSH_ACK'} for no outstanding request ${m.requestId}`);
+        return;
+      case SyncMessageType.FLUSH: {
+        const all = [...this.replicas.values()].map((r) => r.flushForPeer());
+        void Promise.all(all).then(() => 0, (e: unknown) => {
+          this.log.error('flush for the peer failed', { error: String(e) });
+          return 5;
+        }).then((status) => session.link.send({ type: SyncMessageType.FLUSH_ACK, requestId: m.requestId, status }));
+        return;
+      }
+    }
+    if (!('volumeId' in m)) {
+      session.link.close(`unexpected ${m.type} message`);
+      return;
+    }
+    const r = this.byWireId.get(m.volumeId.toString('hex'));
+    if (r === undefined) {
+      if (m.type === SyncMessageType.GENERATIONS) {
+        session.link.send({ type: SyncMessageType.VOLUME_REFUSED, volumeId: m.volumeId, code: SyncVolumeRefusal.UNKNOWN_VOLUME, reason: `${this.nodeName} has no such volume` });
+      } else if (m.type !== SyncMessageType.VOLUME_REFUSED) {
+        session.link.close(`message for unknown volume ${m.volumeId.toString('hex')}`);
+      }
+      return;
+    }
+    const before = r.role;
+    r.receive(m);
+    if (r.role !== before) void this.refreshExports();
+  }
+
+  /** Exports exactly the volumes this node is primary for. */
+  refreshExports(): Promise<void> {
+    this.exportsBusy = this.exportsBusy.then(async () => {
+      const primaries = [...this.replicas.values()].filter((r) => r.role === 'PRIMARY');
+      const key = primaries.map((r) => r.name).join(',');
+      if (key === this.nbdVolumes && (this.nbd !== undefined || primaries.length === 0)) return;
+      if (this.nbd !== undefined) {
+        await this.nbd.shutdown();
+        this.nbd = undefined;
+      }
+      this.nbdVolumes = key;
+      if (primaries.length === 0 || this.stopping) return;
+      const exports: ServedExport[] = primaries.map((r) => ({ name: r.name, description: `tandem volume ${r.name}`, backend: r.backendForExport() }));
+      const first = primaries[0] as Replica;
+      exports.push({ name: '', description: `tandem volume ${first.name}`, backend: first.backendForExport() });
+      const server = new NbdServer({ exports, log: this.log.child('nbd') });
+      const { host, port } = this.cfg.node.nbdListen;
+      // the port may still be held briefly by the server just closed
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await server.listen(host, port);
+          break;
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= 50) throw e;
+          await new Promise((res) => setTimeout(res, 100));
+        }
+      }
+      this.nbd = server;
+      this.log.info('exporting', { volumes: key, nbd: `${host}:${port}` });
+    });
+    return this.exportsBusy;
+  }
+
+  async promote(name: string, force: boolean): Promise<void> {
+    await this.need(name).promote({ force });
+    await this.refreshExports();
+  }
+
+  async demote(name: string): Promise<void> {
+    const r = this.need(name);
+    // clients go first, so nothing is admitted while the role changes
+    const others = [...this.replicas.values()].filter((x) => x !== r && x.role === 'PRIMARY');
+    if (this.nbd !== undefined) {
+      await this.nbd.shutdown();
+      this.nbd = undefined;
+      this.nbdVolumes = '';
+    }
+    try {
+      await r.demote();
+    } finally {
+      if (others.length > 0 || r.role === 'PRIMARY') await this.refreshExports();
+    }
+  }
+
+  need(name: string): Replica {
+    const r = this.replicas.get(name);
+    if (r === undefined) throw Object.assign(new Error(`no volume named ${JSON.stringify(name)} on ${this.nodeName}`), { code: 'ERR_UNKNOWN_VOLUME' });
+    return r;
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    if (this.ticker !== undefined) clearInterval(this.ticker);
+    if (this.dialTimer !== undefined) clearTimeout(this.dialTimer);
+    await this.exportsBusy.catch(() => undefined);
+    if (this.nbd !== undefined) await this.nbd.shutdown();
+    for (const r of this.replicas.values()) {
+      try {
+        await r.close();
+      } catch (e) {
+        this.log.error('closing a volume failed', { volume: r.name, error: String(e) });
+      }
+    }
+    this.link?.close('node stopping');
+    this.syncServer?.close();
+    await this.api?.close();
+  }
+}

@@ -1,0 +1,1080 @@
+// One volume on one node: its copy, its role, and its half of the replication
+// with the peer. The primary's writes go to the local store and to the peer at
+// once and complete when both have them; a write the peer did not take is
+// marked in the bitmap (under an active activity-log extent, so the mark is on
+// disk before the write is acknowledged) after the generations have recorded
+// that this copy moved on alone. See docs/mirroring.md.
+import { createHash, randomBytes } from 'node:crypto';
+import {
+  decideSync, DEFAULT_SPLIT_BRAIN_POLICY, onBecomePrimaryWhileDisconnected, onConnectedInSync, onPeerLost,
+  onResyncDone, onResyncStart, operatorResolve, resolveSplitBrain, resyncAfterDiscard,
+  type ReplicaState, type SplitBrainPolicy, type SyncDecision, type SyncSide,
+} from '../core/generations';
+import { DirtyBitmap } from '../core/dirty-bitmap';
+import {
+  SyncBitmapFlags, SyncDiskState, SyncGenerationFlags, SyncHashFlags, SyncMessageType, SyncResyncMode, SyncVolumeRefusal,
+  syncMessageTypeName, type SyncMessage,
+} from '../protocol/sync/messages';
+import { NO_GENERATION, type DiskState, type Generations, type VolumeMetadata } from '../storage/metadata';
+import type { Backend, StoreExtent, ZeroOptions } from '../storage/backend';
+import type { ChangeTracking } from '../storage/change-tracking';
+import { writeMetadata, type Volume } from '../storage/volume-store';
+import { ByteBudget } from '../util/byte-budget';
+import { CodedError } from '../util/coded-error';
+import type { Logger } from '../util/log';
+import { replicationLimits } from './limits';
+import type { PeerResult, PeerSession } from './peer-session';
+import { RangeLocks } from './range-locks';
+import { ResyncTarget, type ResyncProgress } from './resync-target';
+
+export type Role = 'PRIMARY' | 'SECONDARY';
+export type CacheMode = 'write-back' | 'write-through';
+export type VolumeState = 'PRIM' | 'SECOND' | 'ALONE' | 'SYNCING' | 'SPLIT-BRAIN' | 'WAIT';
+export type Connection = 'connecting' | 'connected' | 'standalone';
+
+export class ReplicaError extends CodedError<string> {
+  override readonly name = 'ReplicaError';
+}
+
+/** What a primary does with a write its peer did not take: the cluster decides (fencing, quorum). */
+export type PeerLostPolicy = () => 'continue' | 'fail';
+
+export interface ReplicaOptions {
+  readonly name: string;
+  /** the id both nodes use for this volume on the wire */
+  readonly wireId: Buffer;
+  readonly nodeName: string;
+  readonly peerName: string;
+  readonly volume: Volume;
+  readonly tracking: ChangeTracking;
+  readonly role: Role;
+  readonly cacheMode: CacheMode;
+  readonly splitBrainPolicy?: SplitBrainPolicy;
+  readonly resyncRateBytesPerSecond: number;
+  readonly checksumResync: boolean;
+  readonly log: Logger;
+  readonly peerLostPolicy?: PeerLostPolicy;
+  /** shared by every volume of the node: bytes being applied for the peer */
+  readonly applyBudget: ByteBudget;
+}
+
+export interface ResyncReport extends ResyncProgress {
+  readonly direction: 'to-peer' | 'from-peer';
+  readonly mode: 'bitmap' | 'full';
+}
+
+export interface VerifyResult {
+  checkedBytes: number;
+  differingBytes: number;
+  differing: Array<{ offset: number; length: number }>;
+  resentBytes: number;
+}
+
+const genToWire = (g: string): bigint => BigInt(`0x${g}`);
+const genFromWire = (v: bigint): string => v.toString(16).padStart(16, '0');
+const newGenerationId = (): string => {
+  for (;;) {
+    const id = randomBytes(8).toString('hex');
+    if (id !== NO_GENERATION) return id;
+  }
+};
+const DISK_TO_WIRE: Record<DiskState, number> = {
+  Diskless: SyncDiskState.DISKLESS, Inconsistent: SyncDiskState.INCONSISTENT,
+  Outdated: SyncDiskState.OUTDATED, UpToDate: SyncDiskState.UP_TO_DATE,
+};
+const DISK_FROM_WIRE: readonly DiskState[] = ['Diskless', 'Inconsistent', 'Outdated', 'UpToDate'];
+const EIO = 5;
+
+interface PeerView {
+  readonly side: SyncSide;
+  readonly primary: boolean;
+  readonly discardMyData: boolean;
+  readonly becamePrimaryAt: number;
+  readonly size: number;
+}
+
+type HandshakePhase = 'idle' | 'sent';
+
+export class Replica {
+  readonly name: string;
+  readonly wireId: Buffer;
+  private meta: VolumeMetadata;
+  private roleNow: Role;
+  private readonly backend: Backend;
+  private readonly tracking: ChangeTracking;
+  private readonly log: Logger;
+  private readonly locks = new RangeLocks();
+  private readonly inFlight = new ByteBudget(replicationLimits.inFlightBytesMax);
+  private session: PeerSession | undefined;
+  private connection: Connection = 'connecting';
+  /** the peer takes this node's writes (it is SECONDARY and in sync or a resync target) */
+  private mirroring = false;
+  private peerView: PeerView | undefined;
+  private handshake: HandshakePhase = 'idle';
+  /** control messages (handshake, resync start and end) run one at a time, in order */
+  private control: Promise<void> = Promise.resolve();
+  /** new client I/O waits while this is set (handshake, role change) */
+  private gate: Promise<void> | undefined;
+  private openGateNow: (() => void) | undefined;
+  private opsActive = 0;
+  private opsIdle: Array<() => void> = [];
+  /** since the last meeting, this copy went on alone and recorded it in its generations */
+  private trackingAlone = false;
+  private tracked: Promise<void> | undefined;
+  /** regions written in write-back mode that the peer has in its cache only; [0] is the newest epoch */
+  private unflushed: DirtyBitmap[];
+  private resyncTarget: ResyncTarget | undefined;
+  private resyncSource: { progress: ResyncProgress; mode: 'bitmap' | 'full' } | undefined;
+  private last: ResyncReport | undefined;
+  private splitBrain: { reason: string; since: string } | undefined;
+  private error: string | undefined;
+  private discardMyData = false;
+  private incomingBitmap: Buffer | undefined;
+  private readonly verifyPending = new Map<bigint, (m: Extract<SyncMessage, { type: 37 }>) => void>();
+  private metaDirty = false;
+  private closed = false;
+  readonly counters = { writes: 0, writeBytes: 0, peerWriteBytes: 0, resyncBytes: 0, resyncZeroBytes: 0, resyncSkippedBytes: 0 };
+
+  constructor(private readonly o: ReplicaOptions) {
+    this.name = o.name;
+    this.wireId = o.wireId;
+    this.meta = o.volume.meta;
+    this.backend = o.volume.backend;
+    this.tracking = o.tracking;
+    this.log = o.log;
+    this.roleNow = o.role;
+    this.unflushed = [this.newBitmap()];
+    if (this.meta.primaryOpen === true) {
+      // it was primary when it stopped without closing: writes in flight then may be on one copy only
+      this.saveMeta({ ...this.meta, primaryOpen: false, crashedPrimary: true });
+      this.log.warn('crashed while primary: its activity-log extents will be resynced from this copy', { volume: this.name });
+    }
+    if (o.role === 'PRIMARY') {
+      if (this.meta.diskState !== 'UpToDate') {
+        throw new ReplicaError('ERR_NOT_UP_TO_DATE', `volume ${this.name} is ${this.meta.diskState} here: it cannot start as primary`);
+      }
+      this.saveMeta({ ...this.meta, primaryOpen: true, becamePrimaryAt: this.meta.becamePrimaryAt ?? Date.now() });
+    }
+  }
+
+  get role(): Role { return this.roleNow; }
+  get size(): number { return this.backend.size; }
+  get diskState(): DiskState { return this.meta.diskState; }
+  get generations(): Generations { return this.meta.generations; }
+
+  get state(): VolumeState {
+    if (this.splitBrain !== undefined) return 'SPLIT-BRAIN';
+    if (this.resyncTarget !== undefined || this.meta.diskState === 'Inconsistent') return 'SYNCING';
+    if (this.roleNow === 'PRIMARY') return this.mirroring ? 'PRIM' : 'ALONE';
+    return this.connection === 'connected' ? 'SECOND' : 'WAIT';
+  }
+
+  status(): Record<string, unknown> {
+    const resync = this.resyncTarget !== undefined
+      ? { direction: 'from-peer', mode: this.resyncTarget.mode, ...this.resyncTarget.progress() }
+      : this.resyncSource !== undefined ? { direction: 'to-peer', mode: this.resyncSource.mode, ...this.resyncSource.progress } : null;
+    return {
+      name: this.name,
+      role: this.roleNow,
+      state: this.state,
+      diskState: this.meta.diskState,
+      peerDiskState: this.peerView?.side.diskState ?? null,
+      connection: this.connection,
+      cacheMode: this.o.cacheMode,
+      size: this.size,
+      outOfSyncBytes: this.tracking.bitmap.dirtyBytes,
+      generations: this.meta.generations,
+      resync,
+      lastResync: this.last ?? null,
+      splitBrain: this.splitBrain ?? null,
+      error: this.error ?? null,
+      counters: { ...this.counters },
+    };
+  }
+
+  // ------------------------------------------------------------------ client I/O (primary)
+
+  /** The store clients reach through the export: reads local, writes mirrored. */
+  backendForExport(): Backend {
+    const self = this;
+    const b = this.backend;
+    return {
+      get size() { return b.size; },
+      readOnly: false,
+      canTrim: b.canTrim,
+      canZero: b.canZero,
+      canFastZero: false,
+      canExtents: b.canExtents,
+      read: async (buf, offset) => { self.checkPrimary(); await b.read(buf, offset); },
+      write: (buf, offset) => self.mirroredOp(offset, buf.length, 'write', buf),
+      flush: () => self.flush(),
+      trim: (offset, length) => self.mirroredOp(offset, length, 'trim'),
+      zero: (offset, length, zo: ZeroOptions) => self.mirroredOp(offset, length, 'zero', undefined, zo),
+      cache: (offset, length) => b.cache(offset, length),
+      extents: (offset, length, max): Promise<StoreExtent[]> => b.extents(offset, length, max),
+      close: async () => undefined,
+    };
+  }
+
+  private checkPrimary(): void {
+    if (this.roleNow !== 'PRIMARY' || this.closed) {
+      throw new ReplicaError('EIO', `volume ${this.name} is not primary on this node`);
+    }
+  }
+
+  private async admit(bytes: number): Promise<void> {
+    while (this.gate !== undefined) await this.gate;
+    this.checkPrimary();
+    this.opsActive++;
+    while (!this.inFlight.tryTake(bytes)) await new Promise<void>((r) => this.inFlight.waitForRelease(r));
+  }
+
+  private done(bytes: number): void {
+    this.inFlight.release(bytes);
+    if (--this.opsActive === 0) for (const f of this.opsIdle.splice(0)) f();
+  }
+
+  /** Stops admitting client I/O and waits for what is in flight; returns the function that reopens. */
+  private async closeGate(): Promise<() => void> {
+    while (this.gate !== undefined) await this.gate;
+    this.gate = new Promise<void>((r) => { this.openGateNow = r; });
+    if (this.opsActive > 0) await new Promise<void>((r) => this.opsIdle.push(r));
+    return () => {
+      const open = this.openGateNow;
+      this.gate = undefined;
+      this.openGateNow = undefined;
+      open?.();
+    };
+  }
+
+  private async mirroredOp(offset: number, length: number, kind: 'write' | 'trim' | 'zero', data?: Buffer, zo?: ZeroOptions): Promise<void> {
+    const charge = kind === 'write' ? length : 0;
+    await this.admit(charge);
+    try {
+      const release = await this.locks.acquire(offset, length);
+      try {
+        await this.activityLogBegin(offset, length);
+        try {
+          await this.carryOut(offset, length, kind, data, zo);
+        } finally {
+          this.tracking.log.endWrite(offset, length);
+        }
+      } finally {
+        release();
+      }
+    } finally {
+      this.done(charge);
+    }
+  }
+
+  private async activityLogBegin(offset: number, length: number): Promise<void> {
+    const log = this.tracking.log;
+    for (;;) {
+      const r = log.beginWrite(offset, length);
+      if (r.kind === 'ready') return;
+      if (r.kind === 'persist') {
+        try {
+          // persists the bitmap pages, then the record, then commits it to the log
+          await this.tracking.persistTransaction(r.transaction);
+        } catch (e) {
+          log.endWrite(offset, length);
+          throw e;
+        }
+        return;
+      }
+      // another transaction is being persisted, or every extent is busy: try again shortly
+      await new Promise((res) => setTimeout(res, 1));
+    }
+  }
+
+  private async carryOut(offset: number, length: number, kind: 'write' | 'trim' | 'zero', data?: Buffer, zo?: ZeroOptions): Promise<void> {
+    const writeThrough = this.o.cacheMode === 'write-through';
+    const session = this.mirroring ? this.session : undefined;
+    let peer: Promise<PeerResult> | undefined;
+    if (session !== undefined) {
+      const id = session.newId();
+      const flags = writeThrough ? 1 : 0;
+      const m: SyncMessage = kind === 'write'
+        ? { type: SyncMessageType.WRITE, volumeId: this.wireId, requestId: id, offset, flags, data: data as Buffer }
+        : kind === 'zero'
+          ? { type: SyncMessageType.ZERO, volumeId: this.wireId, requestId: id, offset, length, flags: flags | (zo?.noHole === true ? 2 : 0) }
+          : { type: SyncMessageType.TRIM, volumeId: this.wireId, requestId: id, offset, length, flags };
+      peer = session.request(id, m, `${kind} ${offset}+${length}`);
+    }
+    let localError: unknown;
+    try {
+      if (kind === 'write') await this.backend.write(data as Buffer, offset);
+      else if (kind === 'zero') await this.backend.zero(offset, length, zo ?? { noHole: false, fast: false });
+      else await this.backend.trim(offset, length);
+      if (writeThrough) await this.backend.flush();
+    } catch (e) {
+      localError = e;
+    }
+    const r = peer === undefined ? 'lost' : await peer;
+    if (r === 0) {
+      this.counters.peerWriteBytes += length;
+      if (!writeThrough) (this.unflushed[0] as DirtyBitmap).set(offset, length);
+    } else {
+      if (r !== 'lost') {
+        this.log.error('the peer failed a write: its copy is marked out of sync there', { volume: this.name, offset, length, errno: r });
+        session?.link.close(`the peer failed a write with errno ${r}`);
+      }
+      await this.recordMissed(offset, length);
+    }
+    if (localError !== undefined) throw localError;
+    this.counters.writes++;
+    this.counters.writeBytes += length;
+    if (r !== 0 && this.o.peerLostPolicy?.() === 'fail') {
+      throw new ReplicaError('EIO', `volume ${this.name}: the peer is gone and the policy forbids writing alone`);
+    }
+  }
+
+  /** The peer lacks [offset, offset+length): mark it, and be sure the generations say this copy moved on. */
+  private async recordMissed(offset: number, length: number): Promise<void> {
+    this.tracking.bitmap.set(offset, length);
+    await this.ensureTrackingAlone(length);
+    this.meta = { ...this.meta, dirtyBytes: (this.meta.dirtyBytes ?? 0) + length };
+    this.metaDirty = true;
+  }
+
+  private ensureTrackingAlone(bytes: number): Promise<void> {
+    if (this.trackingAlone) return Promise.resolve();
+    this.tracked ??= (async () => {
+      const t = onPeerLost({ generations: this.meta.generations, diskState: this.meta.diskState }, newGenerationId());
+      if (!t.ok) throw new ReplicaError('EIO', `volume ${this.name} cannot go on without its peer: ${t.reason}`);
+      this.saveMeta({ ...this.meta, generations: t.state.generations, diskState: t.state.diskState, dirtyBytes: Math.max(this.meta.dirtyBytes ?? 0, bytes) });
+      this.trackingAlone = true;
+      this.log.warn('writing without the peer: changes are tracked for resync', { volume: this.name, current: t.state.generations.current });
+    })().finally(() => { this.tracked = undefined; });
+    return this.tracked;
+  }
+
+  async flush(): Promise<void> {
+    this.checkPrimary();
+    const session = this.mirroring ? this.session : undefined;
+    const epoch = this.unflushed[0] as DirtyBitmap;
+    this.unflushed.unshift(this.newBitmap());
+    let peer: Promise<PeerResult> | undefined;
+    if (session !== undefined) {
+      const id = session.newId();
+      peer = session.request(id, { type: SyncMessageType.FLUSH, requestId: id }, 'flush');
+    }
+    await this.backend.flush();
+    const r = peer === undefined ? 'lost' : await peer;
+    const i = this.unflushed.indexOf(epoch);
+    if (i >= 0) this.unflushed.splice(i, 1);
+    if (r !== 0 && epoch.dirtyRegions > 0) {
+      // those writes may have been in the peer's cache only
+      this.tracking.bitmap.union(epoch);
+      await this.ensureTrackingAlone(epoch.dirtyBytes);
+      await this.tracking.persistBitmap();
+    }
+  }
+
+  private newBitmap(): DirtyBitmap {
+    return new DirtyBitmap({ volumeBytes: this.size, regionBytes: this.tracking.bitmap.regionBytes });
+  }
+
+  // ------------------------------------------------------------------ peer attach / detach
+
+  attach(session: PeerSession): void {
+    this.session = session;
+    this.connection = 'connecting';
+    this.handshake = 'idle';
+    this.runControl(() => this.startHandshake());
+  }
+
+  detach(reason: string): void {
+    if (this.session === undefined) return;
+    this.session = undefined;
+    const wasMirroring = this.mirroring;
+    this.mirroring = false;
+    this.peerView = undefined;
+    this.handshake = 'idle';
+    if (this.connection !== 'standalone') this.connection = 'connecting';
+    this.resyncTarget?.stop(reason);
+    this.resyncTarget = undefined;
+    if (this.resyncSource !== undefined) {
+      this.last = { direction: 'to-peer', mode: this.resyncSource.mode, ...this.resyncSource.progress };
+      this.resyncSource = undefined;
+    }
+    this.incomingBitmap = undefined;
+    for (const f of this.verifyPending.values()) f({ type: SyncMessageType.HASH_REPLY, volumeId: this.wireId, requestId: 0n, offset: 0, blocks: 0, bitmap: Buffer.alloc(0) });
+    this.verifyPending.clear();
+    if (wasMirroring && this.roleNow === 'PRIMARY') {
+      this.log.warn('peer lost: going on ALONE', { volume: this.name, reason });
+      // writes the peer held in its cache only may be lost with it
+      const pending = this.unflushed.splice(0, this.unflushed.length, this.newBitmap());
+      const any = pending.some((b) => b.dirtyRegions > 0);
+      for (const b of pending) this.tracking.bitmap.union(b);
+      if (any) {
+        void this.ensureTrackingAlone(0).then(() => this.tracking.persistBitmap()).catch((e: unknown) => {
+          this.log.error('could not record the writes the peer may have lost', { volume: this.name, error: String(e) });
+        });
+      }
+    }
+  }
+
+  /** The operator cuts (or restores) this volume's replication. */
+  async disconnect(): Promise<void> {
+    const s = this.session;
+    if (s !== undefined) {
+      this.send({ type: SyncMessageType.VOLUME_REFUSED, volumeId: this.wireId, code: SyncVolumeRefusal.BUSY, reason: 'disconnected by the operator' });
+    }
+    this.detach('disconnected by the operator');
+    this.session = s;
+    this.connection = 'standalone';
+    this.error = 'disconnected by the operator';
+  }
+
+  connect(): void {
+    this.error = undefined;
+    this.splitBrain = undefined;
+    if (this.session === undefined || !this.session.open) {
+      this.session = undefined;
+      this.connection = 'connecting';
+      return;
+    }
+    const s = this.session;
+    this.session = undefined;
+    this.attach(s);
+  }
+
+  /** After a split brain: this side's changes are to be thrown away at the next meeting. */
+  resolveDiscardLocal(): void {
+    if (this.roleNow === 'PRIMARY') {
+      throw new ReplicaError('ERR_PRIMARY', `volume ${this.name} is primary here: demote it before discarding its data`);
+    }
+    this.discardMyData = true;
+    this.log.warn('operator: this copy\'s changes will be discarded at the next meeting', { volume: this.name });
+    this.connect();
+  }
+
+  private send(m: SyncMessage): void {
+    this.session?.link.send(m);
+  }
+
+  private runControl(f: () => Promise<void>): void {
+    this.control = this.control.then(f).catch((e: unknown) => {
+      this.log.error('replication step failed', { volume: this.name, error: e instanceof Error ? e.message : String(e) });
+      this.error = e instanceof Error ? e.message : String(e);
+      this.session?.link.close(`volume ${this.name}: ${this.error}`);
+    });
+  }
+
+  private myGenerations(): SyncMessage {
+    const g = this.meta.generations;
+    let flags = 0;
+    if (this.roleNow === 'PRIMARY') flags |= SyncGenerationFlags.PRIMARY;
+    if (this.meta.crashedPrimary === true) flags |= SyncGenerationFlags.CRASHED_PRIMARY;
+    if (this.discardMyData) flags |= SyncGenerationFlags.DISCARD_MY_DATA;
+    return {
+      type: SyncMessageType.GENERATIONS, volumeId: this.wireId, size: this.size,
+      current: genToWire(g.current), bitmap: genToWire(g.bitmap), history0: genToWire(g.history[0]), history1: genToWire(g.history[1]),
+      diskState: DISK_TO_WIRE[this.meta.diskState], flags,
+      dirtyBytes: this.meta.dirtyBytes ?? 0, becamePrimaryAt: this.meta.becamePrimaryAt ?? 0,
+    };
+  }
+
+  private async startHandshake(): Promise<void> {
+    if (this.session === undefined || this.handshake === 'sent') return;
+    if (this.roleNow === 'PRIMARY') {
+      // no write may slip between the generations we send and the decision
+      const reopen = await this.closeGate();
+      this.reopenAfterHandshake = reopen;
+      setTimeout(() => this.reopenGateIfWaiting(), this.handshakeTimeoutMs).unref();
+    }
+    this.handshake = 'sent';
+    this.send(this.myGenerations());
+  }
+
+  private reopenAfterHandshake: (() => void) | undefined;
+  handshakeTimeoutMs = 3000;
+
+  private reopenGateIfWaiting(): void {
+    const f = this.reopenAfterHandshake;
+    this.reopenAfterHandshake = undefined;
+    f?.();
+  }
+
+  // ------------------------------------------------------------------ messages from the peer
+
+  /** Every message for this volume, in arrival order. */
+  receive(m: SyncMessage): void {
+    switch (m.type) {
+      case SyncMessageType.GENERATIONS:
+        this.runControl(() => this.onPeerGenerations(m));
+        return;
+      case SyncMessageType.RESYNC_START:
+        this.runControl(() => this.onResyncStart(m.syncId, m.mode));
+        return;
+      case SyncMessageType.BITMAP:
+        this.runControl(() => this.onBitmap(m));
+        return;
+      case SyncMessageType.RESYNC_DONE:
+        this.runControl(() => this.onResyncDone());
+        return;
+      case SyncMessageType.VOLUME_REFUSED:
+        this.log.warn('the peer refused this volume', { volume: this.name, code: m.code, reason: m.reason });
+        this.error = `peer: ${m.reason}`;
+        this.runControl(async () => this.stopMirroring('standalone'));
+        return;
+      case SyncMessageType.WRITE:
+      case SyncMessageType.ZERO:
+      case SyncMessageType.TRIM:
+        this.applyPeerWrite(m);
+        return;
+      case SyncMessageType.RESYNC_DATA:
+      case SyncMessageType.RESYNC_ZERO:
+        this.resyncTarget?.onData(m);
+        if (this.resyncTarget === undefined) this.log.warn('resync data while no resync runs: dropped', { volume: this.name });
+        return;
+      case SyncMessageType.RESYNC_REQUEST:
+        void this.serveResync(m.requestId, m.offset, m.length, undefined);
+        return;
+      case SyncMessageType.HASH_REQUEST:
+        if ((m.flags & SyncHashFlags.SEND_DIFFERING) !== 0) void this.serveResync(m.requestId, m.offset, m.length, m);
+        else void this.answerVerify(m);
+        return;
+      case SyncMessageType.HASH_REPLY: {
+        if (this.resyncTarget?.onHashReply(m) === true) return;
+        const f = this.verifyPending.get(m.requestId);
+        if (f !== undefined) { this.verifyPending.delete(m.requestId); f(m); }
+        return;
+      }
+      default:
+        throw new ReplicaError('ERR_SYNC_STATE', `${syncMessageTypeName(m.type)} is not a volume message`);
+    }
+  }
+
+  private peerSide(m: Extract<SyncMessage, { type: 32 }>): PeerView {
+    const diskState = DISK_FROM_WIRE[m.diskState] ?? 'Diskless';
+    return {
+      side: {
+        generations: { current: genFromWire(m.current), bitmap: genFromWire(m.bitmap), history: [genFromWire(m.history0), genFromWire(m.history1)] },
+        diskState, dirtyBytes: m.dirtyBytes, crashedPrimary: (m.flags & SyncGenerationFlags.CRASHED_PRIMARY) !== 0,
+      },
+      primary: (m.flags & SyncGenerationFlags.PRIMARY) !== 0,
+      discardMyData: (m.flags & SyncGenerationFlags.DISCARD_MY_DATA) !== 0,
+      becamePrimaryAt: m.becamePrimaryAt,
+      size: m.size,
+    };
+  }
+
+  private localSide(): SyncSide {
+    return {
+      generations: this.meta.generations, diskState: this.meta.diskState,
+      dirtyBytes: this.meta.dirtyBytes ?? 0, crashedPrimary: this.meta.crashedPrimary === true,
+    };
+  }
+
+  private refuse(code: number, reason: string, splitBrain = false): void {
+    this.log.error(splitBrain ? 'split brain' : 'replication refused', { volume: this.name, peer: this.o.peerName, reason });
+    if (splitBrain) this.splitBrain = { reason, since: new Date().toISOString() };
+    else this.error = reason;
+    this.send({ type: SyncMessageType.VOLUME_REFUSED, volumeId: this.wireId, code, reason });
+    this.stopMirroring('standalone');
+  }
+
+  private stopMirroring(connection: Connection): void {
+    this.mirroring = false;
+    this.connection = connection;
+    this.handshake = 'idle';
+    this.reopenGateIfWaiting();
+  }
+
+  private async onPeerGenerations(m: Extract<SyncMessage, { type: 32 }>): Promise<void> {
+    if (this.session === undefined) return;
+    if (this.handshake !== 'sent') {
+      // the peer started a new meeting (a reconnect, or an operator's resolve): answer it
+      this.error = undefined;
+      this.splitBrain = undefined;
+      await this.startHandshake();
+    }
+    this.handshake = 'idle';
+    const peer = this.peerSide(m);
+    this.peerView = peer;
+    if (peer.size !== this.size) {
+      this.refuse(SyncVolumeRefusal.SIZE, `volume ${this.name} is ${this.size} bytes here and ${peer.size} bytes on ${this.o.peerName}: sizes must match`);
+      return;
+    }
+    if (peer.primary && this.roleNow === 'PRIMARY') {
+      this.refuse(SyncVolumeRefusal.BOTH_PRIMARY, `volume ${this.name} is primary on both ${this.o.nodeName} and ${this.o.peerName}: demote one`, true);
+      return;
+    }
+    let decision: SyncDecision = decideSync(this.localSide(), peer.side);
+    this.log.info('peer met', { volume: this.name, decision: decision.kind, reason: decision.reason });
+    if (decision.kind === 'split-brain' || decision.kind === 'unrelated') {
+      const resolution = this.discardMyData !== peer.discardMyData
+        ? operatorResolve(this.discardMyData ? 'local' : 'peer')
+        : decision.kind === 'split-brain'
+          ? resolveSplitBrain(this.o.splitBrainPolicy ?? DEFAULT_SPLIT_BRAIN_POLICY, {
+            local: { node: this.o.nodeName, becamePrimaryAt: this.meta.becamePrimaryAt || undefined, dirtyBytes: this.meta.dirtyBytes ?? 0, primaryNow: this.roleNow === 'PRIMARY' },
+            peer: { node: this.o.peerName, becamePrimaryAt: peer.becamePrimaryAt || undefined, dirtyBytes: peer.side.dirtyBytes, primaryNow: peer.primary },
+          })
+          : { action: 'disconnect' as const, reason: decision.reason };
+      if (resolution.action === 'disconnect') {
+        this.refuse(decision.kind === 'split-brain' ? SyncVolumeRefusal.SPLIT_BRAIN : SyncVolumeRefusal.UNRELATED,
+          `${decision.reason}; ${resolution.reason}`, decision.kind === 'split-brain');
+        return;
+      }
+      this.log.warn('split brain resolved', { volume: this.name, reason: resolution.reason });
+      decision = resyncAfterDiscard(decision, resolution.loser);
+    }
+    this.splitBrain = undefined;
+    this.error = undefined;
+    if (decision.kind === 'in-sync') {
+      const s = onConnectedInSync({ generations: this.meta.generations, diskState: this.meta.diskState }, { generations: peer.side.generations, diskState: peer.side.diskState });
+      this.metMeta(s);
+      this.connected();
+      return;
+    }
+    if (decision.kind !== 'source') return;
+    if (decision.direction === 'peer-to-local') {
+      if (this.roleNow === 'PRIMARY') {
+        this.refuse(SyncVolumeRefusal.PEER_NEWER, `${this.o.peerName} holds newer data for ${this.name} (${decision.reason}): demote this node to resync from it`, true);
+        return;
+      }
+      // wait for the peer's RESYNC_START
+      this.connection = 'connected';
+      return;
+    }
+    if (peer.primary) {
+      this.refuse(SyncVolumeRefusal.PEER_NEWER, `this node holds newer data for ${this.name} but ${this.o.peerName} is primary: demote it to resync`, true);
+      return;
+    }
+    await this.startAsSource(decision.mode, peer);
+  }
+
+  private metMeta(s: ReplicaState, extra: Partial<VolumeMetadata> = {}): void {
+    this.trackingAlone = false;
+    this.discardMyData = false;
+    this.saveMeta({ ...this.meta, generations: s.generations, diskState: s.diskState, dirtyBytes: 0, crashedPrimary: false, ...extra });
+  }
+
+  private connected(): void {
+    this.connection = 'connected';
+    this.mirroring = this.roleNow === 'PRIMARY';
+    this.reopenGateIfWaiting();
+  }
+
+  private async startAsSource(mode: 'bitmap' | 'full', peer: PeerView): Promise<void> {
+    const syncId = newGenerationId();
+    const r = onResyncStart({ generations: this.meta.generations, diskState: this.meta.diskState },
+      { generations: peer.side.generations, diskState: peer.side.diskState }, syncId);
+    this.metMeta(r.source, { dirtyBytes: 0 });
+    this.send({ type: SyncMessageType.RESYNC_START, volumeId: this.wireId, syncId: genToWire(syncId), mode: mode === 'full' ? SyncResyncMode.FULL : SyncResyncMode.BITMAP });
+    const total = mode === 'full' ? this.size : this.tracking.bitmap.dirtyBytes;
+    if (mode === 'bitmap') {
+      const bits = this.tracking.bitmap.serialize();
+      const chunk = replicationLimits.bitmapChunkBytes;
+      for (let at = 0; at === 0 || at < bits.length; at += chunk) {
+        const piece = bits.subarray(at, Math.min(at + chunk, bits.length));
+        this.send({
+          type: SyncMessageType.BITMAP, volumeId: this.wireId, regionBytes: this.tracking.bitmap.regionBytes,
+          regionCount: this.tracking.bitmap.regionCount, byteOffset: at, flags: at + chunk >= bits.length ? SyncBitmapFlags.LAST : 0, bits: piece,
+        });
+      }
+    }
+    this.resyncSource = { mode, progress: freshProgress(total) };
+    this.log.info('resync started: this node is the source', { volume: this.name, mode, bytes: total });
+    this.connected();
+  }
+
+  private async onResyncStart(syncIdWire: bigint, modeWire: number): Promise<void> {
+    const peer = this.peerView;
+    if (peer === undefined || this.session === undefined) return;
+    const mode = modeWire === SyncResyncMode.FULL ? 'full' : 'bitmap';
+    const r = onResyncStart({ generations: peer.side.generations, diskState: peer.side.diskState },
+      { generations: this.meta.generations, diskState: this.meta.diskState }, genFromWire(syncIdWire));
+    // Inconsistent is on disk before any resync data lands
+    this.metMeta(r.target);
+    if (mode === 'full') {
+      this.tracking.bitmap.set(0, this.size);
+      await this.startTarget('full');
+    } else {
+      this.incomingBitmap = Buffer.alloc(this.tracking.bitmap.serializedBytes);
+    }
+  }
+
+  private async onBitmap(m: Extract<SyncMessage, { type: 39 }>): Promise<void> {
+    const into = this.incomingBitmap;
+    if (into === undefined) throw new ReplicaError('ERR_SYNC_STATE', 'BITMAP outside a resync start');
+    const b = this.tracking.bitmap;
+    if (m.regionBytes !== b.regionBytes || m.regionCount !== b.regionCount || m.byteOffset + m.bits.length > into.length) {
+      throw new ReplicaError('ERR_SYNC_STATE', `peer's bitmap geometry ${m.regionCount}×${m.regionBytes} differs from ours ${b.regionCount}×${b.regionBytes}`);
+    }
+    m.bits.copy(into, m.byteOffset);
+    if ((m.flags & SyncBitmapFlags.LAST) === 0) return;
+    this.incomingBitmap = undefined;
+    b.union(DirtyBitmap.load({ volumeBytes: this.size, regionBytes: b.regionBytes }, into));
+    await this.startTarget('bitmap');
+  }
+
+  private async startTarget(mode: 'bitmap' | 'full'): Promise<void> {
+    const session = this.session;
+    if (session === undefined) return;
+    // what is left to copy must survive a crash before the first region is copied
+    await this.tracking.persistBitmap();
+    this.connection = 'connected';
+    this.resyncTarget = new ResyncTarget({
+      mode, session, wireId: this.wireId, backend: this.backend, bitmap: this.tracking.bitmap, locks: this.locks,
+      checksums: this.o.checksumResync, rateBytesPerSecond: this.o.resyncRateBytesPerSecond, log: this.log,
+      checkpoint: async () => { await this.backend.flush(); await this.tracking.persistBitmap(); },
+      counters: this.counters,
+      finished: (p) => this.runControl(() => this.targetFinished(p)),
+    });
+    this.log.info('resync started: this node is the target', { volume: this.name, mode, bytes: this.tracking.bitmap.dirtyBytes });
+    this.resyncTarget.start();
+  }
+
+  private async targetFinished(p: ResyncProgress): Promise<void> {
+    const peer = this.peerView;
+    const t = this.resyncTarget;
+    if (peer === undefined || t === undefined || this.session === undefined) return;
+    await this.backend.flush();
+    await this.tracking.persistBitmap();
+    const r = onResyncDone({ generations: peer.side.generations, diskState: peer.side.diskState }, { generations: this.meta.generations, diskState: this.meta.diskState });
+    // The source's generations moved at the start; recompute its side as it now is
+    this.saveMeta({ ...this.meta, generations: r.target.generations, diskState: 'UpToDate' });
+    this.resyncTarget = undefined;
+    this.last = { direction: 'from-peer', mode: t.mode, ...p };
+    this.send({ type: SyncMessageType.RESYNC_DONE, volumeId: this.wireId });
+    this.log.info('resync done: this copy is UpToDate', { volume: this.name, ...summary(p) });
+  }
+
+  private async onResyncDone(): Promise<void> {
+    const src = this.resyncSource;
+    if (src === undefined) return;
+    const r = onResyncDone({ generations: this.meta.generations, diskState: this.meta.diskState }, { generations: this.meta.generations, diskState: 'Inconsistent' });
+    const left = this.tracking.bitmap.dirtyBytes;
+    if (left > 0) this.log.warn('resync done with regions still marked here: cleared', { volume: this.name, bytes: left });
+    this.tracking.bitmap.clearAll();
+    await this.tracking.persistBitmap();
+    this.saveMeta({ ...this.meta, generations: r.source.generations });
+    src.progress.finishedAt = new Date().toISOString();
+    src.progress.doneBytes = src.progress.totalBytes;
+    src.progress.etaSeconds = 0;
+    this.last = { direction: 'to-peer', mode: src.mode, ...src.progress };
+    this.resyncSource = undefined;
+    this.peerView = this.peerView === undefined ? undefined : { ...this.peerView, side: { ...this.peerView.side, diskState: 'UpToDate' } };
+    this.log.info('resync done: the peer is UpToDate', { volume: this.name, ...summary(this.last) });
+  }
+
+  // ------------------------------------------------------------------ applying the primary's writes
+
+  private applyPeerWrite(m: Extract<SyncMessage, { type: 16 | 18 | 19 }>): void {
+    const length = m.type === SyncMessageType.WRITE ? m.data.length : m.length;
+    const session = this.session;
+    const ack = (status: number): void => {
+      session?.link.send({ type: SyncMessageType.WRITE_ACK, requestId: m.requestId, status });
+    };
+    if (this.roleNow === 'PRIMARY' || this.connection !== 'connected' || m.offset + length > this.size) {
+      this.log.warn('peer write refused', { volume: this.name, offset: m.offset, length, role: this.roleNow, connection: this.connection });
+      ack(EIO);
+      return;
+    }
+    const charge = m.type === SyncMessageType.WRITE ? length : 0;
+    const budget = this.o.applyBudget;
+    const paused = !budget.tryTake(charge);
+    if (paused) {
+      // over the node's budget: stop reading the link until this one fits
+      session?.link.pause();
+    }
+    const lock = this.locks.acquire(m.offset, length);
+    void (async () => {
+      if (paused) {
+        while (!budget.tryTake(charge)) await new Promise<void>((r) => budget.waitForRelease(r));
+        session?.link.resume();
+      }
+      const release = await lock;
+      let status = 0;
+      try {
+        if (m.type === SyncMessageType.WRITE) await this.backend.write(m.data, m.offset);
+        else if (m.type === SyncMessageType.ZERO) await this.backend.zero(m.offset, m.length, { noHole: (m.flags & 2) !== 0, fast: false });
+        else await this.backend.trim(m.offset, m.length);
+        if ((m.flags & 1) !== 0) await this.backend.flush();
+        this.counters.peerWriteBytes += length;
+      } catch (e) {
+        this.log.error('applying a peer write failed', { volume: this.name, offset: m.offset, length, error: String(e) });
+        status = EIO;
+      } finally {
+        release();
+        budget.release(charge);
+      }
+      ack(status);
+    })();
+  }
+
+  /** A FLUSH from the peer: everything received before it is applied, then made durable. */
+  async flushForPeer(): Promise<void> {
+    await this.locks.drain();
+    await this.backend.flush();
+  }
+
+  // ------------------------------------------------------------------ serving a resync and a verify
+
+  private async serveResync(requestId: bigint, offset: number, length: number, hashes: Extract<SyncMessage, { type: 36 }> | undefined): Promise<void> {
+    const src = this.resyncSource;
+    if (offset + length > this.size || this.session === undefined) {
+      this.session?.link.close(`peer asked for ${offset}+${length} of the ${this.size}-byte volume ${this.name}`);
+      return;
+    }
+    const release = await this.locks.acquire(offset, length);
+    try {
+      const buf = Buffer.allocUnsafe(length);
+      const sendRun = (at: number, len: number): void => {
+        const data = buf.subarray(at - offset, at - offset + len);
+        if (isZero(data)) {
+          this.send({ type: SyncMessageType.RESYNC_ZERO, volumeId: this.wireId, requestId, offset: at, length: len });
+          this.counters.resyncZeroBytes += len;
+          if (src !== undefined) src.progress.zeroBytes += len;
+        } else {
+          this.send({ type: SyncMessageType.RESYNC_DATA, volumeId: this.wireId, requestId, offset: at, data });
+          this.counters.resyncBytes += len;
+          if (src !== undefined) src.progress.sentBytes += len;
+        }
+      };
+      await this.readFast(buf, offset);
+      if (hashes === undefined) {
+        // zero and data pieces, so holes travel as commands
+        const piece = replicationLimits.hashBlockBytes * 16;
+        let runStart = offset;
+        let runZero = isZero(buf.subarray(0, Math.min(piece, length)));
+        for (let at = offset; at < offset + length; at += piece) {
+          const len = Math.min(piece, offset + length - at);
+          const z = isZero(buf.subarray(at - offset, at - offset + len));
+          if (z !== runZero) { sendRun(runStart, at - runStart); runStart = at; runZero = z; }
+        }
+        sendRun(runStart, offset + length - runStart);
+      } else {
+        const bits = Buffer.alloc(Math.ceil(hashes.hashes.length / 8));
+        let runStart = -1;
+        const bs = hashes.blockSize;
+        for (let i = 0; i <= hashes.hashes.length; i++) {
+          const at = offset + i * bs;
+          const len = Math.min(bs, offset + length - at);
+          const differs = i < hashes.hashes.length && !sha256(buf.subarray(at - offset, at - offset + len)).equals(hashes.hashes[i] as Buffer);
+          if (differs) {
+            bits[i >> 3] = (bits[i >> 3] as number) | (1 << (i & 7));
+            if (runStart < 0) runStart = at;
+          } else {
+            if (runStart >= 0) { sendRun(runStart, at - runStart); runStart = -1; }
+            if (i < hashes.hashes.length) {
+              this.counters.resyncSkippedBytes += len;
+              if (src !== undefined) src.progress.skippedBytes += len;
+            }
+          }
+        }
+        this.send({ type: SyncMessageType.HASH_REPLY, volumeId: this.wireId, requestId, offset, blocks: hashes.hashes.length, bitmap: bits });
+      }
+      this.tracking.bitmap.clear(offset, length);
+      if (src !== undefined) {
+        src.progress.doneBytes = Math.min(src.progress.totalBytes, src.progress.doneBytes + length);
+        updateRate(src.progress);
+      }
+    } catch (e) {
+      this.session?.link.close(`serving resync of ${this.name} failed: ${String(e)}`);
+    } finally {
+      release();
+    }
+  }
+
+  private async readFast(buf: Buffer, offset: number): Promise<void> {
+    // holes read as zeros without touching the disk
+    const ext = await this.backend.extents(offset, buf.length, 1024);
+    let covered = offset;
+    for (const e of ext) {
+      if (e.offset !== covered) break;
+      const into = buf.subarray(e.offset - offset, e.offset - offset + e.length);
+      if (e.hole || e.zero) into.fill(0);
+      else await this.backend.read(into, e.offset);
+      covered = e.offset + e.length;
+    }
+    if (covered < offset + buf.length) await this.backend.read(buf.subarray(covered - offset), covered);
+  }
+
+  private async answerVerify(m: Extract<SyncMessage, { type: 36 }>): Promise<void> {
+    if (m.offset + m.length > this.size) {
+      this.session?.link.close(`peer asked to verify ${m.offset}+${m.length} of the ${this.size}-byte volume ${this.name}`);
+      return;
+    }
+    const release = await this.locks.acquire(m.offset, m.length);
+    try {
+      const buf = Buffer.allocUnsafe(m.length);
+      await this.readFast(buf, m.offset);
+      const bits = Buffer.alloc(Math.ceil(m.hashes.length / 8));
+      m.hashes.forEach((h, i) => {
+        const at = i * m.blockSize;
+        if (!sha256(buf.subarray(at, Math.min(at + m.blockSize, m.length))).equals(h)) bits[i >> 3] = (bits[i >> 3] as number) | (1 << (i & 7));
+      });
+      this.send({ type: SyncMessageType.HASH_REPLY, volumeId: this.wireId, requestId: m.requestId, offset: m.offset, blocks: m.hashes.length, bitmap: bits });
+    } finally {
+      release();
+    }
+  }
+
+  /** Compares every block with the peer's; with `resync`, sends this node's version of each differing block. */
+  async verify(opts: { resync: boolean }): Promise<VerifyResult> {
+    const session = this.session;
+    if (session === undefined || this.connection !== 'connected' || this.resyncTarget !== undefined || this.resyncSource !== undefined) {
+      throw new ReplicaError('ERR_NOT_CONNECTED', `volume ${this.name} is not connected and in sync with its peer`);
+    }
+    if (this.roleNow !== 'PRIMARY' && this.peerView?.primary === true) {
+      throw new ReplicaError('ERR_NOT_PRIMARY', `run verify on the primary of ${this.name} (${this.o.peerName})`);
+    }
+    const result: VerifyResult = { checkedBytes: 0, differingBytes: 0, differing: [], resentBytes: 0 };
+    const bs = replicationLimits.hashBlockBytes;
+    const push = (offset: number, length: number): void => {
+      result.differingBytes += length;
+      const last = result.differing[result.differing.length - 1];
+      if (last !== undefined && last.offset + last.length === offset) last.length += length;
+      else if (result.differing.length < replicationLimits.verifyRangesMax) result.differing.push({ offset, length });
+    };
+    for (let offset = 0; offset < this.size; offset += replicationLimits.verifyChunkBytes) {
+      const length = Math.min(replicationLimits.verifyChunkBytes, this.size - offset);
+      const release = await this.locks.acquire(offset, length);
+      let reply: Promise<Extract<SyncMessage, { type: 37 }>>;
+      try {
+        const buf = Buffer.allocUnsafe(length);
+        await this.readFast(buf, offset);
+        const hashes: Buffer[] = [];
+        for (let at = 0; at < length; at += bs) hashes.push(sha256(buf.subarray(at, Math.min(at + bs, length))));
+        const id = session.newId();
+        reply = new Promise((r) => this.verifyPending.set(id, r));
+        if (!session.link.send({ type: SyncMessageType.HASH_REQUEST, volumeId: this.wireId, requestId: id, offset, length, blockSize: bs, flags: 0, hashes })) {
+          throw new ReplicaError('ERR_NOT_CONNECTED', 'the link closed during verify');
+        }
+      } finally {
+        release();
+      }
+      const r = await reply;
+      if (r.blocks === 0) throw new ReplicaError('ERR_NOT_CONNECTED', 'the link closed during verify');
+      for (let i = 0; i < r.blocks; i++) {
+        if ((((r.bitmap[i >> 3] as number) >> (i & 7)) & 1) === 1) push(offset + i * bs, Math.min(bs, length - i * bs));
+      }
+      result.checkedBytes += length;
+    }
+    if (result.differingBytes > 0) this.log.warn('verify found differing blocks', { volume: this.name, bytes: result.differingBytes });
+    if (opts.resync) {
+      for (const d of result.differing) result.resentBytes += await this.resend(d.offset, d.length);
+    }
+    return result;
+  }
+
+  /** Sends this node's version of a range to the peer as ordinary mirrored writes. */
+  private async resend(offset: number, length: number): Promise<number> {
+    let sent = 0;
+    for (let at = offset; at < offset + length; at += replicationLimits.resyncChunkBytes) {
+      const len = Math.min(replicationLimits.resyncChunkBytes, offset + length - at);
+      const release = await this.locks.acquire(at, len);
+      try {
+        const buf = Buffer.allocUnsafe(len);
+        await this.readFast(buf, at);
+        const session = this.session;
+        const r = session === undefined ? 'lost' : await (async () => {
+          const id = session.newId();
+          return session.request(id, { type: SyncMessageType.WRITE, volumeId: this.wireId, requestId: id, offset: at, flags: 0, data: buf }, `resend ${at}+${len}`);
+        })();
+        if (r !== 0) {
+          this.tracking.bitmap.set(at, len);
+          await this.tracking.persistBitmap();
+        } else {
+          sent += len;
+        }
+      } finally {
+        release();
+      }
+    }
+    return sent;
+  }
+
+  // ------------------------------------------------------------------ roles
+
+  async promote(opts: { force: boolean }): Promise<void> {
+    if (this.roleNow === 'PRIMARY') return;
+    if (this.session !== undefined && this.connection === 'connected') {
+      throw new ReplicaError('ERR_CONNECTED', `volume ${this.name} is connected to ${this.o.peerName}: disconnect or demote there first (planned switchover comes with the cluster)`);
+    }
+    const t = onBecomePrimaryWhileDisconnected({ generations: this.meta.generations, diskState: this.meta.diskState }, newGenerationId(), { force: opts.force });
+    if (!t.ok) throw new ReplicaError('ERR_NOT_UP_TO_DATE', `cannot promote ${this.name}: ${t.reason}`);
+    if (opts.force && this.meta.diskState !== 'UpToDate') this.log.warn('forced promotion of a copy that may lack writes', { volume: this.name, diskState: this.meta.diskState });
+    this.trackingAlone = t.state.generations.bitmap !== NO_GENERATION;
+    this.saveMeta({ ...this.meta, generations: t.state.generations, diskState: t.state.diskState, primaryOpen: true, becamePrimaryAt: Date.now() });
+    this.roleNow = 'PRIMARY';
+    this.log.info('promoted: PRIMARY', { volume: this.name });
+  }
+
+  async demote(): Promise<void> {
+    if (this.roleNow !== 'PRIMARY') return;
+    const reopen = await this.closeGate();
+    try {
+      await this.flush();
+      this.roleNow = 'SECONDARY';
+      this.mirroring = false;
+      this.saveMeta({ ...this.meta, primaryOpen: false });
+      this.log.info('demoted: SECONDARY', { volume: this.name });
+    } finally {
+      reopen();
+    }
+  }
+
+  // ------------------------------------------------------------------ housekeeping
+
+  tick(): void {
+    this.session?.tick(Date.now());
+    if (this.metaDirty) this.saveMeta(this.meta);
+    this.resyncTarget?.tick();
+  }
+
+  private saveMeta(m: VolumeMetadata): void {
+    writeMetadata(this.o.volume.metaPath, m);
+    this.meta = m;
+    this.metaDirty = false;
+  }
+
+  /** A clean stop: in-flight I/O finishes, everything is made durable, the primary flag is cleared. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (this.roleNow === 'PRIMARY') await this.closeGate();
+    this.closed = true;
+    this.resyncTarget?.stop('node stopping');
+    await this.locks.drain();
+    await this.backend.flush();
+    await this.tracking.closeClean();
+    this.saveMeta({ ...this.meta, primaryOpen: false });
+    await this.backend.close();
+  }
+}
+
+function isZero(b: Buffer): boolean {
+  const Z = ZERO_PAGE;
+  for (let at = 0; at < b.length; at += Z.length) {
+    const n = Math.min(Z.length, b.length - at);
+    if (b.compare(Z, 0, n, at, at + n) !== 0) return false;
+  }
+  return true;
+}
+const ZERO_PAGE = Buffer.alloc(64 * 1024);
+
+export function sha256(b: Buffer): Buffer {
+  return createHash('sha256').update(b).digest();
+}
+
+export function freshProgress(totalBytes: number): ResyncProgress {
+  return {
+    totalBytes, doneBytes: 0, rateBytesPerSecond: 0, etaSeconds: null, sentBytes: 0, zeroBytes: 0, skippedBytes: 0,
+    startedAt: new Date().toISOString(), finishedAt: null, startedMs: Date.now(),
+  };
+}
+
+export function updateRate(p: ResyncProgress): void {
+  const s = (Date.now() - p.startedMs) / 1000;
+  if (s <= 0) return;
+  p.rateBytesPerSecond = Math.round(p.doneBytes / s);
+  p.etaSeconds = p.rateBytesPerSecond > 0 ? Math.ceil((p.totalBytes - p.doneBytes) / p.rateBytesPerSecond) : null;
+}
+
+function summary(p: ResyncProgress): Record<string, unknown> {
+  return { total: p.totalBytes, sent: p.sentBytes, zero: p.zeroBytes, skipped: p.skippedBytes };
+}
