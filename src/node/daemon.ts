@@ -146,7 +146,9 @@ export class NodeDaemon {
   private dial(): void {
     if (this.stopping || (this.link !== undefined && !this.link.closed)) return;
     const { host, port } = this.cfg.peer.syncAddress;
-    const socket = net.connect({ host, port });
+    const local = this.cfg.node.syncListen.host;
+    // dial from the sync address, so the peer (and any firewall) sees the link come from it
+    const socket = net.connect(local === '0.0.0.0' || local === '::' ? { host, port } : { host, port, localAddress: local });
     socket.setNoDelay(true);
     let retried = false;
     const retry = (): void => {

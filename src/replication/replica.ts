@@ -133,7 +133,7 @@ export class Replica {
   private readonly verifyPending = new Map<bigint, (m: Extract<SyncMessage, { type: 37 }>) => void>();
   private metaDirty = false;
   private closed = false;
-  readonly counters = { writes: 0, writeBytes: 0, peerWriteBytes: 0, resyncBytes: 0, resyncZeroBytes: 0, resyncSkippedBytes: 0 };
+  readonly counters = { writes: 0, writeBytes: 0, peerWriteBytes: 0, peerZeroBytes: 0, resyncBytes: 0, resyncZeroBytes: 0, resyncSkippedBytes: 0 };
 
   constructor(private readonly o: ReplicaOptions) {
     this.name = o.name;
@@ -142,18 +142,19 @@ export class Replica {
     this.backend = o.volume.backend;
     this.tracking = o.tracking;
     this.log = o.log;
-    this.roleNow = o.role;
+    // the role last set by an operator outlives restarts; the configured one is for the first start
+    this.roleNow = this.meta.role ?? o.role;
     this.unflushed = [this.newBitmap()];
     if (this.meta.primaryOpen === true) {
       // it was primary when it stopped without closing: writes in flight then may be on one copy only
       this.saveMeta({ ...this.meta, primaryOpen: false, crashedPrimary: true });
       this.log.warn('crashed while primary: its activity-log extents will be resynced from this copy', { volume: this.name });
     }
-    if (o.role === 'PRIMARY') {
+    if (this.roleNow === 'PRIMARY') {
       if (this.meta.diskState !== 'UpToDate') {
         throw new ReplicaError('ERR_NOT_UP_TO_DATE', `volume ${this.name} is ${this.meta.diskState} here: it cannot start as primary`);
       }
-      this.saveMeta({ ...this.meta, primaryOpen: true, becamePrimaryAt: this.meta.becamePrimaryAt ?? Date.now() });
+      this.saveMeta({ ...this.meta, role: 'PRIMARY', primaryOpen: true, becamePrimaryAt: this.meta.becamePrimaryAt ?? Date.now() });
     }
   }
 
@@ -196,20 +197,19 @@ export class Replica {
 
   /** The store clients reach through the export: reads local, writes mirrored. */
   backendForExport(): Backend {
-    const self = this;
     const b = this.backend;
     return {
-      get size() { return b.size; },
+      size: b.size,
       readOnly: false,
       canTrim: b.canTrim,
       canZero: b.canZero,
       canFastZero: false,
       canExtents: b.canExtents,
-      read: async (buf, offset) => { self.checkPrimary(); await b.read(buf, offset); },
-      write: (buf, offset) => self.mirroredOp(offset, buf.length, 'write', buf),
-      flush: () => self.flush(),
-      trim: (offset, length) => self.mirroredOp(offset, length, 'trim'),
-      zero: (offset, length, zo: ZeroOptions) => self.mirroredOp(offset, length, 'zero', undefined, zo),
+      read: async (buf, offset) => { this.checkPrimary(); await b.read(buf, offset); },
+      write: (buf, offset) => this.mirroredOp(offset, buf.length, 'write', buf),
+      flush: () => this.flush(),
+      trim: (offset, length) => this.mirroredOp(offset, length, 'trim'),
+      zero: (offset, length, zo: ZeroOptions) => this.mirroredOp(offset, length, 'zero', undefined, zo),
       cache: (offset, length) => b.cache(offset, length),
       extents: (offset, length, max): Promise<StoreExtent[]> => b.extents(offset, length, max),
       close: async () => undefined,
@@ -294,7 +294,12 @@ export class Replica {
     if (session !== undefined) {
       const id = session.newId();
       const flags = writeThrough ? 1 : 0;
-      const m: SyncMessage = kind === 'write'
+      // an all-zero block crosses the link as a command; NO_HOLE keeps the peer's allocation like ours
+      const zeroData = kind === 'write' && length >= replicationLimits.hashBlockBytes && isZero(data as Buffer);
+      if (zeroData) this.counters.peerZeroBytes += length;
+      const m: SyncMessage = zeroData
+        ? { type: SyncMessageType.ZERO, volumeId: this.wireId, requestId: id, offset, length, flags: flags | 2 }
+        : kind === 'write'
         ? { type: SyncMessageType.WRITE, volumeId: this.wireId, requestId: id, offset, flags, data: data as Buffer }
         : kind === 'zero'
           ? { type: SyncMessageType.ZERO, volumeId: this.wireId, requestId: id, offset, length, flags: flags | (zo?.noHole === true ? 2 : 0) }
@@ -994,15 +999,27 @@ export class Replica {
   async promote(opts: { force: boolean }): Promise<void> {
     if (this.roleNow === 'PRIMARY') return;
     if (this.session !== undefined && this.connection === 'connected') {
-      throw new ReplicaError('ERR_CONNECTED', `volume ${this.name} is connected to ${this.o.peerName}: disconnect or demote there first (planned switchover comes with the cluster)`);
+      // connected: only an in-sync pair may change hands, and only while the peer is not primary
+      if (this.peerView?.primary === true) {
+        throw new ReplicaError('ERR_PEER_PRIMARY', `volume ${this.name} is primary on ${this.o.peerName}: demote it there first`);
+      }
+      if (this.meta.diskState !== 'UpToDate' || this.resyncTarget !== undefined || this.resyncSource !== undefined) {
+        throw new ReplicaError('ERR_NOT_UP_TO_DATE', `volume ${this.name} is resyncing: promote it once it is in sync`);
+      }
+      this.saveMeta({ ...this.meta, role: 'PRIMARY', primaryOpen: true, becamePrimaryAt: Date.now() });
+      this.roleNow = 'PRIMARY';
+      this.log.info('promoted: PRIMARY', { volume: this.name });
+      // meet again, so the peer learns the new roles before the first write
+      this.connect();
+      return;
     }
     const t = onBecomePrimaryWhileDisconnected({ generations: this.meta.generations, diskState: this.meta.diskState }, newGenerationId(), { force: opts.force });
     if (!t.ok) throw new ReplicaError('ERR_NOT_UP_TO_DATE', `cannot promote ${this.name}: ${t.reason}`);
     if (opts.force && this.meta.diskState !== 'UpToDate') this.log.warn('forced promotion of a copy that may lack writes', { volume: this.name, diskState: this.meta.diskState });
     this.trackingAlone = t.state.generations.bitmap !== NO_GENERATION;
-    this.saveMeta({ ...this.meta, generations: t.state.generations, diskState: t.state.diskState, primaryOpen: true, becamePrimaryAt: Date.now() });
+    this.saveMeta({ ...this.meta, generations: t.state.generations, diskState: t.state.diskState, role: 'PRIMARY', primaryOpen: true, becamePrimaryAt: Date.now() });
     this.roleNow = 'PRIMARY';
-    this.log.info('promoted: PRIMARY', { volume: this.name });
+    this.log.info('promoted: PRIMARY (without its peer)', { volume: this.name });
   }
 
   async demote(): Promise<void> {
@@ -1012,11 +1029,12 @@ export class Replica {
       await this.flush();
       this.roleNow = 'SECONDARY';
       this.mirroring = false;
-      this.saveMeta({ ...this.meta, primaryOpen: false });
+      this.saveMeta({ ...this.meta, role: 'SECONDARY', primaryOpen: false });
       this.log.info('demoted: SECONDARY', { volume: this.name });
     } finally {
       reopen();
     }
+    if (this.connection === 'connected') this.connect();
   }
 
   // ------------------------------------------------------------------ housekeeping

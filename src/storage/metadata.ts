@@ -26,6 +26,8 @@ export interface VolumeMetadata {
   readonly primaryOpen?: boolean;
   /** it crashed as primary and has not met its peer since */
   readonly crashedPrimary?: boolean;
+  /** the role an operator last gave this copy (a node starts in it) */
+  readonly role?: 'PRIMARY' | 'SECONDARY';
 }
 
 const FORMAT = 'tandem-volume';
@@ -88,11 +90,13 @@ export function decodeMetadata(text: string): VolumeMetadata | string {
   const primaryOpen = flag('primaryOpen');
   const crashedPrimary = flag('crashedPrimary');
   for (const v of [dirtyBytes, becamePrimaryAt, primaryOpen, crashedPrimary]) if (typeof v === 'string') return v;
+  if (o.role !== undefined && o.role !== 'PRIMARY' && o.role !== 'SECONDARY') return 'role is not PRIMARY or SECONDARY';
   return {
     ...(dirtyBytes === undefined ? {} : { dirtyBytes: dirtyBytes as number }),
     ...(becamePrimaryAt === undefined ? {} : { becamePrimaryAt: becamePrimaryAt as number }),
     ...(primaryOpen === undefined ? {} : { primaryOpen: primaryOpen as boolean }),
     ...(crashedPrimary === undefined ? {} : { crashedPrimary: crashedPrimary as boolean }),
+    ...(o.role === undefined ? {} : { role: o.role }),
     volumeId: o.volumeId,
     size: o.size,
     blockSize: o.blockSize,

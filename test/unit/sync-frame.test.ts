@@ -8,8 +8,8 @@ import {
 } from '../../src/protocol/sync/frame';
 import { syncLimits } from '../../src/protocol/sync/limits';
 import {
-  SyncDiskState, SyncMessageType as M, SyncWriteFlags, decodeMessage, encodePayload, payloadBytesMax,
-  type SyncMessage,
+  SyncBitmapFlags, SyncDiskState, SyncHashFlags, SyncMessageType as M, SyncResyncMode, SyncWriteFlags, decodeMessage, encodePayload,
+  payloadBytesMax, type SyncMessage,
 } from '../../src/protocol/sync/messages';
 
 const KEY = Buffer.alloc(32, 0x0b);
@@ -24,7 +24,7 @@ function rawFrame(type: number, seq: bigint, payload: Buffer, key?: Buffer, leng
   h.writeBigUInt64BE(seq, 8);
   h.writeUInt32BE(length, 16);
   const parts = [h, payload];
-  if (key !== undefined) parts.push(frameMac(key, parts));
+  if (key !== undefined) parts.push(frameMac(key, seq, parts));
   return Buffer.concat(parts);
 }
 
@@ -100,6 +100,7 @@ const arbMessage: fc.Arbitrary<SyncMessage> = fc.oneof(
   fc.record({
     volumeId: bytes(16), size: fc.maxSafeNat(), current: u64, bitmap: u64, history0: u64, history1: u64,
     diskState: fc.integer({ min: 0, max: SyncDiskState.UP_TO_DATE }), flags: fc.integer({ min: 0, max: 7 }),
+    dirtyBytes: fc.maxSafeNat(), becamePrimaryAt: fc.oneof(fc.constant(0), fc.maxSafeNat()),
   }).map((m) => ({ type: M.GENERATIONS, ...m })),
   fc.record({ volumeId: bytes(16), requestId: u64, r: range(syncLimits.dataBytesMax) })
     .map(({ r, ...m }) => ({ type: M.RESYNC_REQUEST, ...m, ...r })),
@@ -109,6 +110,7 @@ const arbMessage: fc.Arbitrary<SyncMessage> = fc.oneof(
     .map(({ r, ...m }) => ({ type: M.RESYNC_ZERO, ...m, ...r })),
   fc.record({
     volumeId: bytes(16), requestId: u64, shift: fc.integer({ min: 9, max: 20 }), count: fc.integer({ min: 1, max: 40 }), cut: fc.nat(),
+    flags: fc.constantFrom(0, SyncHashFlags.SEND_DIFFERING),
   }).chain(({ shift, count, cut, ...m }) => {
     const blockSize = 2 ** shift;
     const length = (count - 1) * blockSize + 1 + (cut % blockSize);
@@ -121,6 +123,26 @@ const arbMessage: fc.Arbitrary<SyncMessage> = fc.oneof(
       if (spare !== 0) bitmap[bitmap.length - 1] = (bitmap[bitmap.length - 1] as number) & ((1 << spare) - 1) & (seed | 1);
       return { type: M.HASH_REPLY, ...m, blocks, bitmap };
     })),
+  fc.record({ volumeId: bytes(16), syncId: fc.bigInt({ min: 1n, max: 2n ** 64n - 1n }), mode: fc.constantFrom(SyncResyncMode.BITMAP, SyncResyncMode.FULL) })
+    .map((m) => ({ type: M.RESYNC_START, ...m })),
+  fc.record({
+    volumeId: bytes(16), shift: fc.integer({ min: 12, max: 30 }), regionCount: fc.oneof(fc.integer({ min: 1, max: 5000 }), fc.maxSafeNat().filter((n) => n > 0)),
+    from: fc.nat(), size: fc.integer({ min: 0, max: 300 }), toEnd: fc.boolean(), seed: bytes(300),
+  }).map(({ shift, regionCount, from, size, toEnd, seed, ...m }) => {
+    const total = Math.ceil(regionCount / 8);
+    const length = Math.min(size, total);
+    const byteOffset = toEnd ? total - length : from % (total - length + 1);
+    const bits = Buffer.from(seed.subarray(0, length));
+    const atEnd = byteOffset + length === total;
+    const spare = regionCount % 8;
+    if (atEnd && length > 0 && spare !== 0) bits[length - 1] = (bits[length - 1] as number) & ((1 << spare) - 1);
+    // LAST only on a chunk that reaches the end; a chunk may reach the end without it (an empty LAST may follow)
+    const flags = toEnd ? SyncBitmapFlags.LAST : 0;
+    return { type: M.BITMAP, ...m, regionBytes: 2 ** shift, regionCount, byteOffset, flags, bits };
+  }),
+  bytes(16).map((volumeId) => ({ type: M.RESYNC_DONE, volumeId })),
+  fc.record({ volumeId: bytes(16), code: fc.integer({ min: 1, max: 0xffffffff }), reason: fc.oneof(fc.constant(''), text(1024, false)) })
+    .map((m) => ({ type: M.VOLUME_REFUSED, ...m })),
 ) as fc.Arbitrary<SyncMessage>;
 
 // ---------------------------------------------------------------- golden bytes
@@ -130,12 +152,12 @@ test('golden bytes: an unauthenticated PING', () => {
   assert.equal(f.toString('hex'), '544e4453' + '0001' + '0005' + '0000000000000001' + '00000008' + '0102030405060708');
 });
 
-test('golden bytes: an authenticated WRITE with FUA (MAC from an independent HMAC-SHA256)', () => {
+test('golden bytes: an authenticated WRITE with FUA (MAC from an independent AES-256-GCM: Python cryptography AESGCM)', () => {
   const f = encodeFrame({ type: M.WRITE, volumeId: VOLUME, requestId: 42n, offset: 4096, flags: SyncWriteFlags.FUA, data: Buffer.from('hello') }, 7n, KEY);
   assert.equal(f.toString('hex'),
     '544e4453' + '0001' + '0010' + '0000000000000007' + '00000029' +
     '000102030405060708090a0b0c0d0e0f' + '000000000000002a' + '0000000000001000' + '00000001' + '68656c6c6f' +
-    '8a8520984313b55bba1ea66f14de63c8');
+    '1e073da45145f640bbdf14a5ad20a0e6');
 });
 
 test('golden bytes: HELLO, REJECT, WRITE_ACK and HASH_REPLY payloads', () => {
@@ -194,7 +216,7 @@ function sampleStream(): { stream: Buffer; messages: SyncMessage[] } {
     { type: M.AUTH_OK },
     { type: M.WRITE, volumeId: VOLUME, requestId: 1n, offset: 0, flags: 0, data: Buffer.from('first write') },
     { type: M.PING, token: 99n },
-    { type: M.HASH_REQUEST, volumeId: VOLUME, requestId: 2n, offset: 0, length: 1000, blockSize: 512, hashes: [Buffer.alloc(32, 1), Buffer.alloc(32, 2)] },
+    { type: M.HASH_REQUEST, volumeId: VOLUME, requestId: 2n, offset: 0, length: 1000, blockSize: 512, flags: 0, hashes: [Buffer.alloc(32, 1), Buffer.alloc(32, 2)] },
     { type: M.FLUSH, requestId: 3n },
     { type: M.RESYNC_DATA, volumeId: VOLUME, requestId: 4n, offset: 8, data: Buffer.from('zz') },
   ];
@@ -322,6 +344,116 @@ test('a flipped bit anywhere in the MAC or the payload fails the MAC; a missing 
   expectCode([plain, plain], 'ERR_SYNC_MAC', KEY);
 });
 
+// ---------------------------------------------------------------- the frame MAC (AES-256-GCM as GMAC)
+
+const flip = (b: Buffer, bit: number): Buffer => {
+  const c = Buffer.from(b);
+  c[bit >> 3] = (c[bit >> 3] as number) ^ (1 << (bit & 7));
+  return c;
+};
+
+/** Decodes one stream with a decoder that expects nextSeq; never throws. */
+function decodeAt(stream: Buffer, nextSeq: bigint, key: Buffer = KEY): Decoded {
+  const out: Decoded = { frames: [], error: undefined };
+  try {
+    new FrameDecoder((f) => out.frames.push(f), { key, nextSeq }).push(stream);
+  } catch (e) {
+    out.error = e;
+  }
+  return out;
+}
+
+test('golden GMAC tags (computed independently with Python cryptography AESGCM: empty plaintext, IV = 0^32 || seq)', () => {
+  const seq = 0x0102030405060708n;
+  const header = Buffer.from('544e4453' + '0001' + '0005' + '0102030405060708' + '00000008', 'hex');
+  const payload = Buffer.from('0000000000000001', 'hex');
+  const tag = '5f793c97dbf22e6326e277cfbb1b4c19';
+  assert.equal(frameMac(KEY, seq, [header, payload]).toString('hex'), tag);
+  assert.equal(encodeFrame({ type: M.PING, token: 1n }, seq, KEY).toString('hex'), header.toString('hex') + payload.toString('hex') + tag);
+  // AUTH_OK has no payload: the MAC covers the header alone
+  assert.equal(encodeFrame({ type: M.AUTH_OK }, 3n, KEY).subarray(FRAME_HEADER_BYTES).toString('hex'), '95c2ba3c2f0027ec8badb88a290084d0');
+  assert.equal(frameMac(KEY, seq, [header, payload]).length, syncLimits.macBytes);
+});
+
+test('the MAC over pieces (one setAAD per piece) equals the MAC over their concatenation, however the bytes are split', () => {
+  fc.assert(fc.property(fc.uint8Array({ maxLength: 300 }), fc.array(fc.nat(), { maxLength: 8 }), fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }),
+    (raw, cuts, seq) => {
+      const whole = Buffer.from(raw);
+      const pieces = splits(whole, cuts); // odd lengths and empty pieces included
+      assert.deepEqual(frameMac(KEY, seq, pieces), frameMac(KEY, seq, [whole]));
+    }), { numRuns: 1000 });
+  // a WRITE of bulk data as the encoder sends it: header, fields, data (odd sizes, not block-aligned)
+  const data = Buffer.alloc((1 << 20) + 37, 0x5a);
+  const parts = encodeFrameParts({ type: M.WRITE, volumeId: VOLUME, requestId: 1n, offset: 0, flags: 0, data }, 9n, KEY);
+  assert.ok(parts.includes(data), 'the data is MACed in place, not copied');
+  const mac = parts[parts.length - 1] as Buffer;
+  assert.deepEqual(mac, frameMac(KEY, 9n, [Buffer.concat(parts.slice(0, -1))]));
+  const r = decodeAt(Buffer.concat(parts), 9n);
+  assert.equal(r.error, undefined);
+  assert.equal(r.frames.length, 1);
+});
+
+test('a flipped bit anywhere in header, payload or MAC fails the MAC', () => {
+  const seq = 0x0102030405060708n; // flipping one bit of it never gives 0
+  const frame = encodeFrame({ type: M.WRITE, volumeId: VOLUME, requestId: 9n, offset: 0, flags: 0, data: Buffer.from('abcdefgh') }, seq, KEY);
+  const end = frame.length - syncLimits.macBytes;
+  for (let bit = 0; bit < 8 * frame.length; bit++) {
+    const bad = flip(frame, bit);
+    // the MAC itself: recomputed over the altered header and payload under the frame's seq, it never matches the altered tag
+    assert.notDeepEqual(frameMac(KEY, seq, [bad.subarray(0, end)]), bad.subarray(end), `bit ${bit}`);
+    // the decoder, expecting whatever seq the altered header claims: the frame is never delivered
+    const claimed = bad.readBigUInt64BE(8);
+    const r = decodeAt(bad, claimed);
+    assert.equal(r.frames.length, 0, `bit ${bit}`);
+    const byte = bit >> 3;
+    if (byte < 4) assert.equal(code(r.error), 'ERR_SYNC_MAGIC', `bit ${bit}`);
+    else if (byte < 6) assert.equal(code(r.error), 'ERR_SYNC_VERSION', `bit ${bit}`);
+    else if (byte < 8) {
+      // another type: unknown, too long for it, or known and fitting - then its MAC fails
+      assert.ok(['ERR_SYNC_TYPE', 'ERR_SYNC_TOO_BIG', 'ERR_SYNC_MAC'].includes(code(r.error) ?? ''), `bit ${bit}: ${String(r.error)}`);
+    } else if (byte < 16) assert.equal(code(r.error), 'ERR_SYNC_MAC', `bit ${bit} (seq)`);
+    else if (byte < FRAME_HEADER_BYTES) {
+      // another length: too long for the type, still waiting for bytes, or shorter - then its MAC fails
+      assert.ok(r.error === undefined || ['ERR_SYNC_TOO_BIG', 'ERR_SYNC_MAC'].includes(code(r.error) ?? ''), `bit ${bit}: ${String(r.error)}`);
+    } else assert.equal(code(r.error), 'ERR_SYNC_MAC', `bit ${bit}`);
+  }
+  assert.equal(decodeAt(frame, seq).frames.length, 1, 'the unaltered frame verifies');
+});
+
+test('a frame MACed under one seq does not verify under another', () => {
+  fc.assert(fc.property(arbMessage, fc.bigInt({ min: 1n, max: 2n ** 64n - 1n }), fc.bigInt({ min: 1n, max: 2n ** 64n - 1n }), (m, s1, s2) => {
+    fc.pre(s1 !== s2);
+    const frame = encodeFrame(m, s1, KEY);
+    const end = frame.length - syncLimits.macBytes;
+    const body = frame.subarray(0, end);
+    assert.notDeepEqual(frameMac(KEY, s2, [body]), frameMac(KEY, s1, [body]));
+    // the header renumbered to s2, the MAC of s1 kept
+    const moved = Buffer.from(frame);
+    moved.writeBigUInt64BE(s2, 8);
+    assert.equal(code(decodeAt(moved, s2).error), 'ERR_SYNC_MAC');
+    // the IV binds the seq on its own: header says s2 and the MAC covers that header, but under the IV of s1
+    const ivOnly = Buffer.concat([moved.subarray(0, end), frameMac(KEY, s1, [moved.subarray(0, end)])]);
+    assert.equal(code(decodeAt(ivOnly, s2).error), 'ERR_SYNC_MAC');
+    // control: MACed under s2, it verifies at s2
+    const good = Buffer.concat([moved.subarray(0, end), frameMac(KEY, s2, [moved.subarray(0, end)])]);
+    assert.deepEqual(decodeAt(good, s2).frames.map((f) => f.message), [m]);
+  }), { numRuns: 500 });
+});
+
+test('frameMac refuses a key of the wrong size and a seq that is not a u64; an encoder never reuses a seq', () => {
+  const isArg = (e: unknown): boolean => code(e) === 'ERR_SYNC_ARGUMENT';
+  assert.throws(() => frameMac(Buffer.alloc(16), 1n, [Buffer.alloc(1)]), isArg);
+  assert.throws(() => frameMac(KEY, -1n, [Buffer.alloc(1)]), isArg);
+  assert.throws(() => frameMac(KEY, 2n ** 64n, [Buffer.alloc(1)]), isArg);
+  assert.throws(() => frameMac(KEY, 1 as unknown as bigint, [Buffer.alloc(1)]), isArg);
+  // the last seq is used once, then the encoder stops: the GCM IV never wraps around
+  const e = new FrameEncoder({ key: KEY, nextSeq: 2n ** 64n - 1n });
+  const last = e.encode({ type: M.PING, token: 1n });
+  assert.equal(last.readBigUInt64BE(8), 2n ** 64n - 1n);
+  assert.throws(() => e.encode({ type: M.PING, token: 2n }), (err: unknown) => code(err) === 'ERR_SYNC_STATE');
+  assert.equal(decodeAt(last, 2n ** 64n - 1n).frames.length, 1);
+});
+
 test('after an error the decoder stays failed with the same error', () => {
   const d = new FrameDecoder(() => undefined);
   assert.throws(() => d.push(Buffer.alloc(20)), (e: unknown) => code(e) === 'ERR_SYNC_MAGIC');
@@ -354,13 +486,13 @@ test('payloads that fail their type\'s decoder are ERR_SYNC_TRUNCATED', () => {
     ['ZERO with unknown flags', M.ZERO, id + u64h(1n) + u64h(0n) + u64h(1n) + '00000004'],
     ['TRIM with NO_HOLE', M.TRIM, id + u64h(1n) + u64h(0n) + u64h(1n) + '00000002'],
     ['RESYNC_REQUEST above the data maximum', M.RESYNC_REQUEST, id + u64h(1n) + u64h(0n) + (syncLimits.dataBytesMax + 1).toString(16).padStart(8, '0')],
-    ['GENERATIONS unknown disk state', M.GENERATIONS, id + u64h(1n) + u64h(1n).repeat(4) + '04' + '00000000'],
-    ['GENERATIONS unknown flags', M.GENERATIONS, id + u64h(1n) + u64h(1n).repeat(4) + '00' + '00000008'],
-    ['HASH_REQUEST count does not match the range', M.HASH_REQUEST, id + u64h(1n) + u64h(0n) + u64h(1024n) + '00000200' + '00000001' + '00'.repeat(32)],
-    ['HASH_REQUEST block size not a power of two', M.HASH_REQUEST, id + u64h(1n) + u64h(0n) + u64h(600n) + '00000258' + '00000001' + '00'.repeat(32)],
-    ['HASH_REQUEST block size too small', M.HASH_REQUEST, id + u64h(1n) + u64h(0n) + u64h(256n) + '00000100' + '00000001' + '00'.repeat(32)],
-    ['HASH_REQUEST hashes cut short', M.HASH_REQUEST, id + u64h(1n) + u64h(0n) + u64h(512n) + '00000200' + '00000001' + '00'.repeat(31)],
-    ['HASH_REQUEST count above its maximum', M.HASH_REQUEST, id + u64h(1n) + u64h(0n) + u64h(512n) + '00000200' + 'ffffffff'],
+    ['GENERATIONS unknown disk state', M.GENERATIONS, id + u64h(1n) + u64h(1n).repeat(4) + '04' + '00000000' + u64h(0n) + u64h(0n)],
+    ['GENERATIONS unknown flags', M.GENERATIONS, id + u64h(1n) + u64h(1n).repeat(4) + '00' + '00000008' + u64h(0n) + u64h(0n)],
+    ['HASH_REQUEST count does not match the range', M.HASH_REQUEST, id + u64h(1n) + u64h(0n) + u64h(1024n) + '00000200' + '00000000' + '00000001' + '00'.repeat(32)],
+    ['HASH_REQUEST block size not a power of two', M.HASH_REQUEST, id + u64h(1n) + u64h(0n) + u64h(600n) + '00000258' + '00000000' + '00000001' + '00'.repeat(32)],
+    ['HASH_REQUEST block size too small', M.HASH_REQUEST, id + u64h(1n) + u64h(0n) + u64h(256n) + '00000100' + '00000000' + '00000001' + '00'.repeat(32)],
+    ['HASH_REQUEST hashes cut short', M.HASH_REQUEST, id + u64h(1n) + u64h(0n) + u64h(512n) + '00000200' + '00000000' + '00000001' + '00'.repeat(31)],
+    ['HASH_REQUEST count above its maximum', M.HASH_REQUEST, id + u64h(1n) + u64h(0n) + u64h(512n) + '00000200' + '00000000' + 'ffffffff'],
     ['HASH_REPLY bit beyond the last block', M.HASH_REPLY, id + u64h(1n) + u64h(0n) + '00000003' + '08'],
     ['HASH_REPLY no blocks', M.HASH_REPLY, id + u64h(1n) + u64h(0n) + '00000000'],
   ];
@@ -389,7 +521,7 @@ test('encoders refuse what the decoders would refuse, with ERR_SYNC_ARGUMENT', (
     { type: M.HELLO, clusterId: VOLUME, nonce: Buffer.alloc(31), nodeName: 'a', versions: [1] },
     { type: M.HELLO, clusterId: VOLUME, nonce: Buffer.alloc(32), nodeName: 'a', versions: [2, 1] },
     { type: M.REJECT, code: 1, reason: 'x'.repeat(1025) },
-    { type: M.HASH_REQUEST, volumeId: VOLUME, requestId: 1n, offset: 0, length: 1025, blockSize: 512, hashes: [Buffer.alloc(32), Buffer.alloc(32)] },
+    { type: M.HASH_REQUEST, volumeId: VOLUME, requestId: 1n, offset: 0, length: 1025, blockSize: 512, flags: 0, hashes: [Buffer.alloc(32), Buffer.alloc(32)] },
     { type: M.HASH_REPLY, volumeId: VOLUME, requestId: 1n, offset: 0, blocks: 9, bitmap: Buffer.alloc(1) },
     { type: 99 } as unknown as SyncMessage,
   ];

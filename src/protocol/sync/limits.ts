@@ -22,6 +22,11 @@ export interface SyncLimits {
   /** the block size of a HASH_REQUEST is a power of two in [min, max] */
   readonly hashBlockBytesMin: number;
   readonly hashBlockBytesMax: number;
+  /** the bits of one BITMAP message (a dirty bitmap travels as consecutive chunks of at most this) */
+  readonly bitmapChunkBytesMax: number;
+  /** the region size of a BITMAP is a power of two in [min, max] (as core/dirty-bitmap's) */
+  readonly bitmapRegionBytesMin: number;
+  readonly bitmapRegionBytesMax: number;
   /** the cluster secret both nodes share */
   readonly clusterSecretBytesMin: number;
   readonly clusterSecretBytesMax: number;
@@ -31,7 +36,7 @@ export interface SyncLimits {
   readonly clusterIdBytes: 16;
   readonly volumeIdBytes: 16;
   readonly nonceBytes: 32;
-  /** the MAC that ends every authenticated frame: HMAC-SHA256 truncated */
+  /** the MAC that ends every authenticated frame: the AES-256-GCM tag of an empty plaintext (GMAC) */
   readonly macBytes: 16;
   /** the MAC of an AUTH message: HMAC-SHA256, whole */
   readonly authMacBytes: 32;
@@ -52,6 +57,9 @@ export const syncLimits: SyncLimits = {
   hashesMax: 64 * 1024,
   hashBlockBytesMin: 512,
   hashBlockBytesMax: 1024 * 1024,
+  bitmapChunkBytesMax: 1024 * 1024,
+  bitmapRegionBytesMin: 4096,
+  bitmapRegionBytesMax: 1024 * 1024 * 1024,
   clusterSecretBytesMin: 16,
   clusterSecretBytesMax: 1024,
 

@@ -26,6 +26,10 @@ export const SyncMessageType = {
   RESYNC_ZERO: 35,
   HASH_REQUEST: 36,
   HASH_REPLY: 37,
+  RESYNC_START: 38,
+  BITMAP: 39,
+  RESYNC_DONE: 40,
+  VOLUME_REFUSED: 41,
 } as const;
 export type SyncMessageType = (typeof SyncMessageType)[keyof typeof SyncMessageType];
 
@@ -40,6 +44,20 @@ export const SyncDiskState = { DISKLESS: 0, INCONSISTENT: 1, OUTDATED: 2, UP_TO_
 
 /** GENERATIONS.flags */
 export const SyncGenerationFlags = { PRIMARY: 1, CRASHED_PRIMARY: 2, DISCARD_MY_DATA: 4 } as const;
+
+/** RESYNC_START.mode (u8): resync the regions of both dirty bitmaps, or the whole volume */
+export const SyncResyncMode = { BITMAP: 0, FULL: 1 } as const;
+
+/** BITMAP.flags: LAST marks the chunk that ends the bitmap */
+export const SyncBitmapFlags = { LAST: 1 } as const;
+
+/** HASH_REQUEST.flags: SEND_DIFFERING asks the receiver to send the differing blocks (resync), not only to name them (verify) */
+export const SyncHashFlags = { SEND_DIFFERING: 1 } as const;
+
+/** Why a VOLUME_REFUSED was sent. Decoders accept any code >= 1: later versions may add some. */
+export const SyncVolumeRefusal = {
+  SIZE: 1, SPLIT_BRAIN: 2, UNRELATED: 3, BOTH_PRIMARY: 4, UNKNOWN_VOLUME: 5, PEER_NEWER: 6, BUSY: 7,
+} as const;
 
 type T = typeof SyncMessageType;
 
@@ -87,6 +105,10 @@ export interface Generations {
   readonly history1: bigint;
   readonly diskState: number;
   readonly flags: number;
+  /** bytes this side wrote while apart from its peer */
+  readonly dirtyBytes: number;
+  /** when this side last became primary (ms since the epoch, the sender's clock), 0 if never */
+  readonly becamePrimaryAt: number;
 }
 export interface ResyncRequest {
   readonly type: T['RESYNC_REQUEST'];
@@ -109,7 +131,12 @@ export interface ResyncZero {
   readonly offset: number;
   readonly length: number;
 }
-/** hashes[i] is the SHA-256 of block i: [offset + i*blockSize, min(offset + (i+1)*blockSize, offset + length)) */
+/**
+ * hashes[i] is the SHA-256 of block i: [offset + i*blockSize, min(offset + (i+1)*blockSize, offset + length)).
+ * Without SEND_DIFFERING the receiver answers with a HASH_REPLY naming the differing blocks (verify); with it
+ * (resync, from the sync target) the receiver first sends RESYNC_DATA / RESYNC_ZERO for each differing run of
+ * blocks under the same requestId, then the HASH_REPLY naming the blocks it sent.
+ */
 export interface HashRequest {
   readonly type: T['HASH_REQUEST'];
   readonly volumeId: Buffer;
@@ -117,6 +144,8 @@ export interface HashRequest {
   readonly offset: number;
   readonly length: number;
   readonly blockSize: number;
+  /** SyncHashFlags */
+  readonly flags: number;
   readonly hashes: readonly Buffer[];
 }
 /** bit i (byte i>>3, bit i&7, least significant first) is set when block i differs; unused bits are 0 */
@@ -129,9 +158,42 @@ export interface HashReply {
   readonly bitmap: Buffer;
 }
 
+/** The sync source starts a resync of a volume; syncId (non-zero) names it. */
+export interface ResyncStart {
+  readonly type: T['RESYNC_START'];
+  readonly volumeId: Buffer;
+  readonly syncId: bigint;
+  /** SyncResyncMode */
+  readonly mode: number;
+}
+/**
+ * One chunk of a side's dirty bitmap: bits = bytes [byteOffset, byteOffset + bits.length) of the whole
+ * bitmap of regionCount regions of regionBytes each (bit i: byte i>>3, bit i&7, least significant first).
+ * A bitmap travels as consecutive chunks; the last, and only the last, carries SyncBitmapFlags.LAST.
+ */
+export interface Bitmap {
+  readonly type: T['BITMAP'];
+  readonly volumeId: Buffer;
+  readonly regionBytes: number;
+  readonly regionCount: number;
+  readonly byteOffset: number;
+  /** SyncBitmapFlags */
+  readonly flags: number;
+  readonly bits: Buffer;
+}
+export interface ResyncDone { readonly type: T['RESYNC_DONE']; readonly volumeId: Buffer }
+/** This side will not replicate the volume with the peer now; code is a SyncVolumeRefusal (or a later one). */
+export interface VolumeRefused {
+  readonly type: T['VOLUME_REFUSED'];
+  readonly volumeId: Buffer;
+  readonly code: number;
+  readonly reason: string;
+}
+
 export type SyncMessage =
   | Hello | Auth | AuthOk | Reject | Ping | Pong | Write | WriteAck | Zero | Trim | Flush | FlushAck
-  | Generations | ResyncRequest | ResyncData | ResyncZero | HashRequest | HashReply;
+  | Generations | ResyncRequest | ResyncData | ResyncZero | HashRequest | HashReply
+  | ResyncStart | Bitmap | ResyncDone | VolumeRefused;
 
 const NAMES = new Map<number, string>(Object.entries(SyncMessageType).map(([k, v]) => [v, k]));
 
@@ -148,7 +210,7 @@ export function syncMessageTypeName(type: number): string {
 
 const U64_MAX = 0xffffffffffffffffn;
 
-function u64Ok(v: bigint): boolean { return v >= 0n && v <= U64_MAX; }
+function u64Ok(v: bigint): boolean { return typeof v === 'bigint' && v >= 0n && v <= U64_MAX; }
 function uintOk(n: number, max: number): boolean { return Number.isInteger(n) && n >= 0 && n <= max; }
 function bytesOk(b: Buffer, n: number): boolean { return Buffer.isBuffer(b) && b.length === n; }
 
@@ -183,9 +245,42 @@ function first(...reasons: Array<string | false | undefined>): string | undefine
 
 function volumeReason(m: { volumeId: Buffer; requestId: bigint }, l: SyncLimits): string | undefined {
   return first(
-    !bytesOk(m.volumeId, l.volumeIdBytes) && `volumeId is not ${l.volumeIdBytes} bytes`,
+    volumeIdReason(m.volumeId, l),
     !u64Ok(m.requestId) && 'requestId is not a u64',
   );
+}
+
+function volumeIdReason(volumeId: Buffer, l: SyncLimits): string | undefined {
+  return bytesOk(volumeId, l.volumeIdBytes) ? undefined : `volumeId is not ${l.volumeIdBytes} bytes`;
+}
+
+function safeReason(n: number, field: string): string | undefined {
+  return uintOk(n, Number.MAX_SAFE_INTEGER) ? undefined : `${field} ${n} is not an integer in [0, 2^53)`;
+}
+
+/** Why a BITMAP chunk is impossible on its own (whether it follows the previous chunk is the receiver's to check). */
+function bitmapReason(m: Bitmap, l: SyncLimits): string | undefined {
+  const regionsOk = isPowerOfTwo(m.regionBytes) && m.regionBytes >= l.bitmapRegionBytesMin && m.regionBytes <= l.bitmapRegionBytesMax;
+  const countOk = uintOk(m.regionCount, Number.MAX_SAFE_INTEGER) && m.regionCount >= 1;
+  const bitsOk = Buffer.isBuffer(m.bits) && m.bits.length <= l.bitmapChunkBytesMax;
+  const head = first(
+    volumeIdReason(m.volumeId, l),
+    !regionsOk && `regionBytes ${m.regionBytes} is not a power of two in [${l.bitmapRegionBytesMin}, ${l.bitmapRegionBytesMax}]`,
+    !countOk && `regionCount ${m.regionCount} is not an integer in [1, 2^53)`,
+    safeReason(m.byteOffset, 'byteOffset'),
+    flagsReason(m.flags, SyncBitmapFlags.LAST),
+    !bitsOk && `bits must be a Buffer of at most ${l.bitmapChunkBytesMax} bytes`,
+  );
+  if (head !== undefined) return head;
+  const total = Math.ceil(m.regionCount / 8);
+  const end = m.byteOffset + m.bits.length;
+  if (end > total) return `bytes ${m.byteOffset}+${m.bits.length} run past the end of a ${total}-byte bitmap of ${m.regionCount} regions`;
+  if ((m.flags & SyncBitmapFlags.LAST) !== 0 && end !== total) return `the LAST chunk ends at byte ${end}, not at the end of the ${total}-byte bitmap`;
+  const spare = m.regionCount % 8;
+  if (end === total && m.bits.length > 0 && spare !== 0 && ((m.bits[m.bits.length - 1] as number) >> spare) !== 0) {
+    return `bits beyond region ${m.regionCount - 1} are set`;
+  }
+  return undefined;
 }
 
 function isPowerOfTwo(n: number): boolean { return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0; }
@@ -273,12 +368,17 @@ type Specs = { [K in SyncMessageType]: Spec<Extract<SyncMessage, { type: K }>> }
 const HELLO_FIXED = 16 + 32 + 2 + 2;
 const WRITE_FIXED = 16 + 8 + 8 + 4;
 const RANGE_OP_BYTES = 16 + 8 + 8 + 8 + 4;
-const GENERATIONS_BYTES = 16 + 8 + 4 * 8 + 1 + 4;
+const GENERATIONS_BYTES = 16 + 8 + 4 * 8 + 1 + 4 + 8 + 8;
 const RESYNC_REQUEST_BYTES = 16 + 8 + 8 + 4;
 const RESYNC_DATA_FIXED = 16 + 8 + 8;
 const RESYNC_ZERO_BYTES = 16 + 8 + 8 + 8;
-const HASH_REQUEST_FIXED = 16 + 8 + 8 + 8 + 4 + 4;
+const HASH_REQUEST_FIXED = 16 + 8 + 8 + 8 + 4 + 4 + 4;
 const HASH_REPLY_FIXED = 16 + 8 + 8 + 4;
+const RESYNC_START_BYTES = 16 + 8 + 1;
+const BITMAP_FIXED = 16 + 4 + 8 + 8 + 4;
+const RESYNC_DONE_BYTES = 16;
+const VOLUME_REFUSED_FIXED = 16 + 4 + 2;
+const RESYNC_MODES: readonly number[] = Object.values(SyncResyncMode);
 
 function token<M extends Ping | Pong>(type: M['type']): Spec<M> {
   return {
@@ -415,9 +515,11 @@ const specs: Specs = {
       ![m.current, m.bitmap, m.history0, m.history1].every(u64Ok) && 'a generation is not a u64',
       !uintOk(m.diskState, SyncDiskState.UP_TO_DATE) && `unknown disk state ${m.diskState}`,
       flagsReason(m.flags, SyncGenerationFlags.PRIMARY | SyncGenerationFlags.CRASHED_PRIMARY | SyncGenerationFlags.DISCARD_MY_DATA),
+      safeReason(m.dirtyBytes, 'dirtyBytes'),
+      safeReason(m.becamePrimaryAt, 'becamePrimaryAt'),
     ),
     encode: (m) => [new Writer(GENERATIONS_BYTES).bytes(m.volumeId).u64(m.size).u64(m.current).u64(m.bitmap)
-      .u64(m.history0).u64(m.history1).u8(m.diskState).u32(m.flags).b],
+      .u64(m.history0).u64(m.history1).u8(m.diskState).u32(m.flags).u64(m.dirtyBytes).u64(m.becamePrimaryAt).b],
     decode: (r, l) => ({
       type: SyncMessageType.GENERATIONS,
       volumeId: r.bytes(l.volumeIdBytes, 'volumeId'),
@@ -428,6 +530,8 @@ const specs: Specs = {
       history1: r.u64('history1'),
       diskState: r.u8('diskState'),
       flags: r.u32('flags'),
+      dirtyBytes: r.u53('dirtyBytes'),
+      becamePrimaryAt: r.u53('becamePrimaryAt'),
     }),
   },
   [SyncMessageType.RESYNC_REQUEST]: {
@@ -480,6 +584,7 @@ const specs: Specs = {
         volumeReason(m, l),
         rangeReason(m.offset, m.length, Number.MAX_SAFE_INTEGER),
         !blocksOk && `blockSize ${m.blockSize} is not a power of two in [${l.hashBlockBytesMin}, ${l.hashBlockBytesMax}]`,
+        flagsReason(m.flags, SyncHashFlags.SEND_DIFFERING),
         (hashes === undefined || hashes.length > l.hashesMax) && `hashes must be an array of at most ${l.hashesMax}`,
         hashes !== undefined && hashes.length !== blocks && `${hashes.length} hashes for ${blocks} blocks`,
         hashes !== undefined && hashes.some((h) => !bytesOk(h, l.hashBytes)) && `a hash is not ${l.hashBytes} bytes`,
@@ -487,7 +592,7 @@ const specs: Specs = {
     },
     encode: (m, l) => {
       const w = new Writer(HASH_REQUEST_FIXED + l.hashBytes * m.hashes.length)
-        .bytes(m.volumeId).u64(m.requestId).u64(m.offset).u64(m.length).u32(m.blockSize).u32(m.hashes.length);
+        .bytes(m.volumeId).u64(m.requestId).u64(m.offset).u64(m.length).u32(m.blockSize).u32(m.flags).u32(m.hashes.length);
       for (const h of m.hashes) w.bytes(h);
       return [w.b];
     },
@@ -497,12 +602,13 @@ const specs: Specs = {
       const offset = r.u53('offset');
       const length = r.u53('length');
       const blockSize = r.u32('blockSize');
+      const flags = r.u32('flags');
       const count = r.u32('hash count');
       if (count > l.hashesMax) r.fail(`more than ${l.hashesMax} hashes`);
       if (r.remaining !== count * l.hashBytes) r.fail(`${r.remaining} bytes for ${count} hashes`);
       const hashes: Buffer[] = [];
       for (let i = 0; i < count; i++) hashes.push(r.bytes(l.hashBytes, 'hash'));
-      return { type: SyncMessageType.HASH_REQUEST, volumeId, requestId, offset, length, blockSize, hashes };
+      return { type: SyncMessageType.HASH_REQUEST, volumeId, requestId, offset, length, blockSize, flags, hashes };
     },
   },
   [SyncMessageType.HASH_REPLY]: {
@@ -528,6 +634,62 @@ const specs: Specs = {
       return { type: SyncMessageType.HASH_REPLY, volumeId, requestId, offset, blocks, bitmap: r.bytes(Math.ceil(blocks / 8), 'bitmap') };
     },
   },
+  [SyncMessageType.RESYNC_START]: {
+    max: () => RESYNC_START_BYTES,
+    check: (m, l) => first(
+      volumeIdReason(m.volumeId, l),
+      (!u64Ok(m.syncId) || m.syncId === 0n) && 'syncId is not a non-zero u64',
+      !RESYNC_MODES.includes(m.mode) && `unknown resync mode ${m.mode}`,
+    ),
+    encode: (m) => [new Writer(RESYNC_START_BYTES).bytes(m.volumeId).u64(m.syncId).u8(m.mode).b],
+    decode: (r, l) => ({
+      type: SyncMessageType.RESYNC_START,
+      volumeId: r.bytes(l.volumeIdBytes, 'volumeId'),
+      syncId: r.u64('syncId'),
+      mode: r.u8('mode'),
+    }),
+  },
+  [SyncMessageType.BITMAP]: {
+    max: (l) => BITMAP_FIXED + l.bitmapChunkBytesMax,
+    check: bitmapReason,
+    encode: (m) => [new Writer(BITMAP_FIXED).bytes(m.volumeId).u32(m.regionBytes).u64(m.regionCount).u64(m.byteOffset).u32(m.flags).b, m.bits],
+    decode: (r, l) => ({
+      type: SyncMessageType.BITMAP,
+      volumeId: r.bytes(l.volumeIdBytes, 'volumeId'),
+      regionBytes: r.u32('regionBytes'),
+      regionCount: r.u53('regionCount'),
+      byteOffset: r.u53('byteOffset'),
+      flags: r.u32('flags'),
+      bits: r.rest(),
+    }),
+  },
+  [SyncMessageType.RESYNC_DONE]: {
+    max: () => RESYNC_DONE_BYTES,
+    check: (m, l) => volumeIdReason(m.volumeId, l),
+    encode: (m) => [Buffer.from(m.volumeId)],
+    decode: (r, l) => ({ type: SyncMessageType.RESYNC_DONE, volumeId: r.bytes(l.volumeIdBytes, 'volumeId') }),
+  },
+  [SyncMessageType.VOLUME_REFUSED]: {
+    max: (l) => VOLUME_REFUSED_FIXED + l.rejectReasonBytesMax,
+    check: (m, l) => {
+      const reason = textReason(m.reason, l.rejectReasonBytesMax, false);
+      return first(
+        volumeIdReason(m.volumeId, l),
+        (!uintOk(m.code, 0xffffffff) || m.code === 0) && `code ${m.code} is not a u32 above 0`,
+        reason !== undefined && `reason ${reason}`,
+      );
+    },
+    encode: (m) => {
+      const reason = Buffer.from(m.reason, 'utf8');
+      return [new Writer(VOLUME_REFUSED_FIXED + reason.length).bytes(m.volumeId).u32(m.code).u16(reason.length).bytes(reason).b];
+    },
+    decode: (r, l) => {
+      const volumeId = r.bytes(l.volumeIdBytes, 'volumeId');
+      const code = r.u32('code');
+      const reason = r.text(r.u16('reason length'), l.rejectReasonBytesMax, 'reason', false);
+      return { type: SyncMessageType.VOLUME_REFUSED, volumeId, code, reason };
+    },
+  },
 };
 
 function specOf(type: number): Spec<SyncMessage> | undefined {
@@ -548,7 +710,7 @@ export function checkMessage(m: SyncMessage, limits: SyncLimits = syncLimits): s
 
 /**
  * The payload of m as pieces to send in order (a WRITE's or RESYNC_DATA's
- * data is one of them, not copied). Throws ERR_SYNC_ARGUMENT for a message
+ * data and a BITMAP's bits are one of them, not copied). Throws ERR_SYNC_ARGUMENT for a message
  * the peer would refuse.
  */
 export function encodePayload(m: SyncMessage, limits: SyncLimits = syncLimits): Buffer[] {
@@ -561,8 +723,8 @@ export function encodePayload(m: SyncMessage, limits: SyncLimits = syncLimits): 
 }
 
 /**
- * Decodes the payload of a frame of this type. Bulk fields (data, hashes,
- * ids) are views into payload, not copies. Throws ERR_SYNC_TYPE for an
+ * Decodes the payload of a frame of this type. Bulk fields (data, bits,
+ * hashes, ids) are views into payload, not copies. Throws ERR_SYNC_TYPE for an
  * unknown type and ERR_SYNC_TRUNCATED for anything else wrong.
  */
 export function decodeMessage(type: number, payload: Buffer, limits: SyncLimits = syncLimits): SyncMessage {
