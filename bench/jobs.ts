@@ -4,7 +4,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { execOk } from './procs';
 
-export type Unit = 'IOPS' | 'MiB/s';
+export type Unit = 'IOPS' | 'MiB/s' | 'µs' | 's' | 'MiB';
 
 /** One row of the result table. */
 export interface Metric {
@@ -39,7 +39,7 @@ export interface Job {
 
 const MiB = 1024 * 1024;
 
-interface FioSide { iops: number; bw_bytes: number; total_ios: number }
+interface FioSide { iops: number; bw_bytes: number; total_ios: number; lat_ns?: { mean: number } }
 interface FioJobResult { error: number; read: FioSide; write: FioSide }
 
 /** fio prints notices such as "fio: connected to NBD server" before its JSON. */
@@ -53,6 +53,9 @@ export function parseFioJson(stdout: string): FioJobResult {
   return job;
 }
 
+/** The key under which a fio job also reports its mean completion latency (µs) next to its metric. */
+export function latencyKey(jobId: string): string { return `${jobId}:lat-us`; }
+
 async function fio(uri: string, c: BenchConfig, args: string[]): Promise<FioJobResult> {
   const all = [
     '--name=bench', '--ioengine=nbd', `--uri=${uri}`, '--output-format=json',
@@ -60,6 +63,12 @@ async function fio(uri: string, c: BenchConfig, args: string[]): Promise<FioJobR
     ...args,
   ];
   const r = await execOk('fio', all, (c.runtimeS + c.rampS + 60) * 1000);
+  return parseFioJson(r.stdout);
+}
+
+/** fio through its nbd engine until the job's own end (size or number_ios), not time based; returns the job's result. */
+export async function fioOnce(uri: string, args: string[], timeoutMs: number): Promise<FioJobResult> {
+  const r = await execOk('fio', ['--name=bench', '--ioengine=nbd', `--uri=${uri}`, '--output-format=json', '--numjobs=1', ...args], timeoutMs);
   return parseFioJson(r.stdout);
 }
 
@@ -73,7 +82,10 @@ function fioJob(id: string, label: string, unit: Unit, target: number, filled: b
     run: async (uri, c) => {
       const r = (await fio(uri, c, args))[side];
       if (r.total_ios === 0) throw new Error(`fio did no ${side} I/O`);
-      return { [id]: unit === 'IOPS' ? r.iops : r.bw_bytes / MiB };
+      const values: Record<string, number> = { [id]: unit === 'IOPS' ? r.iops : r.bw_bytes / MiB };
+      // not a metric of the single-node table; the mirrored section compares latencies
+      if (r.lat_ns !== undefined && Number.isFinite(r.lat_ns.mean)) values[latencyKey(id)] = r.lat_ns.mean / 1000;
+      return values;
     },
   };
 }
@@ -106,6 +118,22 @@ export const jobs: readonly Job[] = [
       'nbdcopy-out': await nbdcopy(uri, 'null:', c.copySize),
     }),
   },
+];
+
+/** The single-node job with this id. */
+export function jobById(id: string): Job {
+  const j = jobs.find((x) => x.id === id);
+  if (j === undefined) throw new Error(`no job ${id}`);
+  return j;
+}
+
+/**
+ * Jobs only the mirrored section runs (against a mirrored volume and against
+ * `tandem serve` alone), defined like the single-node ones.
+ */
+export const extraJobs: readonly Job[] = [
+  fioJob('randwrite-4k-qd32', '4 KiB random write, QD32', 'IOPS', 0.7, false,
+    ['--rw=randwrite', '--bs=4k', '--iodepth=32']),
 ];
 
 /**

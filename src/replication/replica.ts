@@ -308,6 +308,8 @@ export class Replica {
     }
     let localError: unknown;
     try {
+      // let the link send first: small local writes are synchronous and would hold it back
+      if (peer !== undefined) await new Promise<void>((r) => process.nextTick(r));
       if (kind === 'write') await this.backend.write(data as Buffer, offset);
       else if (kind === 'zero') await this.backend.zero(offset, length, zo ?? { noHole: false, fast: false });
       else await this.backend.trim(offset, length);

@@ -93,6 +93,7 @@ export class SyncLink {
   private readonly pinger: NodeJS.Timeout;
   private pingToken = 0n;
   private pauses = 0;
+  private corked = false;
   /** bytes that came with the handshake's last frame: the first of the session */
   private rest: Buffer;
   bytesSent = 0;
@@ -133,9 +134,13 @@ export class SyncLink {
     if (this.closedReason !== undefined) return false;
     const parts = this.encoder.encodeParts(m);
     const s = this.stream;
-    s.cork();
+    // messages queued in one turn of the event loop leave in one writev, at the next tick
+    if (!this.corked) {
+      this.corked = true;
+      s.cork();
+      process.nextTick(() => { this.corked = false; s.uncork(); });
+    }
     for (const p of parts) { s.write(p); this.bytesSent += p.length; }
-    process.nextTick(() => s.uncork());
     return true;
   }
 
