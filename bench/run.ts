@@ -1,39 +1,56 @@
-// `npm run bench`: tandem serve side by side with nbdkit's file plugin.
+// `npm run bench`: tandem serve side by side with nbdkit's file plugin, and a
+// mirrored volume (two `tandem node start` processes) side by side with
+// `tandem serve` alone and with a plain local copy (bench/mirrored.ts).
 //
 // Every job runs against each server on a fresh backing file in the same
 // directory (sparse, or filled with data first for the read jobs), through
 // fio's nbd engine or nbdcopy, on 127.0.0.1. The servers take turns per job,
 // the first of the pair swapping every round; each value is the median of
-// --repeat rounds. Prints a table of tandem/nbdkit ratios against targets and,
-// with --json, writes every sample.
+// --repeat rounds. Each round then runs the mirrored jobs (mirrored and single
+// taking turns the same way; a single-node value the round already measured in
+// the first section is used again) and the resync measurements. Prints a table
+// of ratios against targets per section and, with --json, writes every sample.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { formatSize, parseSize } from '../src/util/size';
-import { fillFile, jobs, type BenchConfig, type Job, type Metric } from './jobs';
+import { fillFile, jobs, type BenchConfig, type Job } from './jobs';
+import { measureMirrored, measureResync, mirroredFioJobs, mirroredIds, resyncId, type MirroredConfig, type ResyncSample } from './mirrored';
 import { exec, execOk, installExitHandlers, killAllTracked } from './procs';
 import { removeBacking, serverKinds, startServer, type ServerKind } from './servers';
+import { fmtValue, renderTable, type RenderedRow, type TableRow } from './table';
 
-const usage = `usage: node dist/bench/run.js [--size SIZE] [--copy-size SIZE] [--runtime S] [--ramp S]
-                                [--repeat N] [--dir DIR] [--json PATH] [--only JOB,...]
-  --size       backing file size for the fio jobs (default 2G)
-  --copy-size  nbdcopy source file and export size (default 1G)
-  --runtime    seconds each fio job is measured (default 8)
-  --ramp       fio ramp seconds before measuring (default 1)
-  --repeat     rounds; each value is the median (default 3, cut to 1 when
-               the first round shows 3 would take over 8 minutes)
-  --dir        where the backing files go (a temporary directory is made inside
-               it and removed at the end; default the OS temp dir)
-  --json       also write the results as JSON to this path
-  --only       run only these jobs: ${jobs.map((j) => j.id).join(', ')}`;
+const groups: Readonly<Record<string, readonly string[]>> = {
+  single: jobs.map((j) => j.id),
+  mirrored: mirroredIds,
+};
+
+const usage = `usage: node dist/bench/run.js [--size SIZE] [--copy-size SIZE] [--resync-size SIZE] [--runtime S]
+                                [--ramp S] [--repeat N] [--dir DIR] [--json PATH] [--only JOB,...]
+                                [--cpu-prof DIR]
+  --size         backing file size for the fio jobs, single and mirrored (default 2G)
+  --copy-size    nbdcopy source file and export size (default 1G)
+  --resync-size  volume size of the resync measurements (default 2G)
+  --runtime      seconds each fio job is measured (default 8)
+  --ramp         fio ramp seconds before measuring (default 1)
+  --repeat       rounds; each value is the median (default 3, cut to as many
+                 as fit in 8 minutes by the first round's duration, at least 1)
+  --dir          where the backing files and node data go (a temporary directory
+                 is made inside it and removed at the end; default the OS temp dir)
+  --json         also write the results as JSON to this path
+  --only         run only these jobs or groups:
+                   single:   ${groups.single?.join(', ')}
+                   mirrored: ${groups.mirrored?.join(', ')}
+  --cpu-prof     start every tandem node with node --cpu-prof, profiles in DIR`;
 
 const defaultRepeat = 3;
 const repeatBudgetMs = 8 * 60_000;
 
 interface Options {
-  size: number; copySize: number; runtimeS: number; rampS: number;
+  size: number; copySize: number; resyncSize: number; runtimeS: number; rampS: number;
   repeat: number; repeatGiven: boolean; dir: string | undefined; json: string | undefined; only: string[] | undefined;
+  cpuProf: string | undefined;
 }
 
 class UsageError extends Error {}
@@ -59,6 +76,8 @@ function parseOptions(argv: string[]): Options | 'help' {
       options: {
         size: { type: 'string', default: '2G' },
         'copy-size': { type: 'string', default: '1G' },
+        'resync-size': { type: 'string', default: '2G' },
+        'cpu-prof': { type: 'string' },
         runtime: { type: 'string', default: '8' },
         ramp: { type: 'string', default: '1' },
         repeat: { type: 'string' },
@@ -72,16 +91,20 @@ function parseOptions(argv: string[]): Options | 'help' {
     throw new UsageError((e as Error).message);
   }
   if (values.help) return 'help';
-  const only = values.only?.split(',').map((s) => s.trim()).filter((s) => s !== '');
-  for (const id of only ?? []) {
-    if (!jobs.some((j) => j.id === id)) throw new UsageError(`--only: no job ${JSON.stringify(id)}`);
-  }
+  const known = new Set([...jobs.map((j) => j.id), ...mirroredIds]);
+  const only = values.only?.split(',').map((s) => s.trim()).filter((s) => s !== '').flatMap((id) => {
+    const g = groups[id];
+    if (g !== undefined) return g;
+    if (!known.has(id)) throw new UsageError(`--only: no job or group ${JSON.stringify(id)}`);
+    return [id];
+  });
   const size = sizeArg(values.size, '--size');
   // A 1 MiB job needs at least one whole request in the file.
   if (size < 1024 * 1024) throw new UsageError('--size: at least 1M');
   return {
     size,
     copySize: sizeArg(values['copy-size'], '--copy-size'),
+    resyncSize: resyncSizeArg(values['resync-size']),
     runtimeS: intArg(values.runtime, '--runtime', 1),
     rampS: intArg(values.ramp, '--ramp', 0),
     repeat: values.repeat === undefined ? defaultRepeat : intArg(values.repeat, '--repeat', 1),
@@ -89,28 +112,18 @@ function parseOptions(argv: string[]): Options | 'help' {
     dir: values.dir,
     json: values.json,
     only,
+    cpuProf: values['cpu-prof'] === undefined ? undefined : path.resolve(values['cpu-prof']),
   };
 }
 
-function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
+function resyncSizeArg(text: string): number {
+  const n = sizeArg(text, '--resync-size');
+  // 1 % of it is written in 64 KiB blocks: at least one
+  if (n < 8 * 1024 * 1024 || n % (64 * 1024) !== 0) throw new UsageError('--resync-size: at least 8M, a multiple of 64K');
+  return n;
 }
 
 function log(line: string): void { process.stderr.write(`${line}\n`); }
-
-function fmtValue(v: number | undefined, unit: string): string {
-  if (v === undefined || !Number.isFinite(v)) return 'n/a';
-  return unit === 'IOPS' ? Math.round(v).toString() : v.toFixed(1);
-}
-
-/** (max - min) / median, as a percentage: how much the rounds disagreed. */
-function spread(xs: readonly number[]): string {
-  if (xs.length < 2) return '-';
-  const m = median(xs);
-  return m > 0 ? `${(((Math.max(...xs) - Math.min(...xs)) / m) * 100).toFixed(0)}%` : '-';
-}
 
 async function toolVersion(cmd: string, args: string[]): Promise<string> {
   try {
@@ -123,7 +136,10 @@ async function toolVersion(cmd: string, args: string[]): Promise<string> {
 
 type Samples = Record<string, Record<ServerKind, number[]>>;
 
-interface Failure { round: number; job: string; server: ServerKind; error: string }
+type MirroredSide = 'mirrored' | 'single';
+const mirroredSides: readonly MirroredSide[] = ['mirrored', 'single'];
+
+interface Failure { round: number; job: string; server: string; error: string }
 
 /** One job against one server on a fresh backing file; the server is stopped and the file removed whatever happens. */
 interface Measured { values: Record<string, number>; phases: string }
@@ -162,46 +178,44 @@ async function measure(job: Job, kind: ServerKind, cfg: BenchConfig, work: strin
   }
 }
 
-function renderTable(metrics: readonly Metric[], samples: Samples): { text: string; rows: ResultRow[] } {
-  const rows: ResultRow[] = metrics.map((m) => {
-    const t = samples[m.id]?.tandem ?? [];
-    const n = samples[m.id]?.nbdkit ?? [];
-    const tm = t.length > 0 ? median(t) : undefined;
-    const nm = n.length > 0 ? median(n) : undefined;
-    const ratio = tm !== undefined && nm !== undefined && nm > 0 ? tm / nm : undefined;
-    return {
-      id: m.id, label: m.label, unit: m.unit, target: m.target,
-      tandem: { samples: t, median: tm ?? null },
-      nbdkit: { samples: n, median: nm ?? null },
-      ratio: ratio ?? null,
-      pass: ratio === undefined ? null : ratio >= m.target,
-    };
-  });
-  const header = ['job', 'tandem', 'nbdkit', 'unit', 'tandem/nbdkit', 'target', '', 'spread t/n'];
-  const body = rows.map((r) => [
-    r.label,
-    fmtValue(r.tandem.median ?? undefined, r.unit),
-    fmtValue(r.nbdkit.median ?? undefined, r.unit),
-    r.unit,
-    r.ratio === null ? 'n/a' : r.ratio.toFixed(2),
-    `>=${r.target.toFixed(1)}`,
-    r.pass === null ? 'ERROR' : r.pass ? 'ok' : 'BELOW',
-    `${spread(r.tandem.samples)}/${spread(r.nbdkit.samples)}`,
-  ]);
-  const numeric = new Set([1, 2, 4]);
-  const widths = header.map((h, i) => Math.max(h.length, ...body.map((b) => (b[i] ?? '').length)));
-  const line = (cells: string[]): string => cells
-    .map((c, i) => (numeric.has(i) ? c.padStart(widths[i] as number) : c.padEnd(widths[i] as number)))
-    .join('  ').trimEnd();
-  const text = [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)].join('\n');
-  return { text, rows };
-}
-
+/** The single-node results in the JSON shape they have always had. */
 interface ResultRow {
   id: string; label: string; unit: string; target: number;
   tandem: { samples: number[]; median: number | null };
   nbdkit: { samples: number[]; median: number | null };
   ratio: number | null; pass: boolean | null;
+}
+
+function singleResult(r: RenderedRow): ResultRow {
+  return {
+    id: r.id, label: r.label, unit: r.unit, target: r.target?.value ?? 0,
+    tandem: r.a, nbdkit: r.b, ratio: r.ratio, pass: r.ratio === null ? null : r.pass,
+  };
+}
+
+const MiB = 1024 * 1024;
+
+/** The resync table's rows from every round's sample. */
+function resyncRows(size: number, all: readonly ResyncSample[]): TableRow[] {
+  const mibps = (s: number): number => size / MiB / s;
+  return [
+    {
+      id: 'resync-full', label: `full resync of ${formatSize(size)} vs cp --sparse=never`, unit: 'MiB/s', target: { op: '>=', value: 0.8 },
+      a: all.map((x) => mibps(x.fullS)), b: all.map((x) => mibps(x.refS)),
+    },
+    {
+      id: 'resync-full-checksum', label: 'full resync, checksumResync true, vs cp', unit: 'MiB/s', target: null,
+      a: all.map((x) => mibps(x.checksumS)), b: all.map((x) => mibps(x.refS)),
+    },
+    {
+      id: 'resync-incremental', label: 'incremental (1 % in 64 KiB) vs full resync', unit: 's', target: { op: '<', value: 0.05 },
+      a: all.map((x) => x.incrS), b: all.map((x) => x.fullS),
+    },
+    {
+      id: 'resync-incremental-bytes', label: 'incremental: sentBytes vs bytes written', unit: 'MiB', target: null,
+      a: all.map((x) => x.incrSentBytes / MiB), b: all.map((x) => x.incrWrittenBytes / MiB),
+    },
+  ];
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -223,11 +237,19 @@ async function main(argv: string[]): Promise<number> {
   const removeWork = (): void => fs.rmSync(work, { recursive: true, force: true });
   installExitHandlers(removeWork);
 
-  const selected = jobs.filter((j) => opts.only === undefined || opts.only.includes(j.id));
+  const wanted = (id: string): boolean => opts.only === undefined || opts.only.includes(id);
+  const selected = jobs.filter((j) => wanted(j.id));
+  const selectedMirrored = mirroredFioJobs.filter((m) => wanted(m.id));
+  const runResync = wanted(resyncId);
   const metrics = selected.flatMap((j) => j.metrics);
   const samples: Samples = {};
   for (const m of metrics) samples[m.id] = { tandem: [], nbdkit: [] };
+  const mirroredSamples: Record<string, Record<MirroredSide, number[]>> = {};
+  for (const m of selectedMirrored) mirroredSamples[m.id] = { mirrored: [], single: [] };
+  const resyncSamples: ResyncSample[] = [];
+  const resyncNotes: string[][] = [];
   const failures: Failure[] = [];
+  const loads: number[] = [];
   let rounds = opts.repeat;
   let roundsDone = 0;
   const versions = {
@@ -236,18 +258,26 @@ async function main(argv: string[]): Promise<number> {
     nbdkit: await toolVersion('nbdkit', ['--version']),
     nbdcopy: await toolVersion('nbdcopy', ['--version']),
   };
+  if (opts.cpuProf !== undefined) fs.mkdirSync(opts.cpuProf, { recursive: true });
+  let profiles = 0;
+  const nodeArgs = (node: string, tag: string): string[] => (opts.cpuProf === undefined ? []
+    : ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProf}`, `--cpu-prof-name=${tag}-${node}-${++profiles}.cpuprofile`]);
 
   try {
-    const cfg: BenchConfig = {
+    const cfg: MirroredConfig = {
       size: opts.size, copySize: opts.copySize, runtimeS: opts.runtimeS, rampS: opts.rampS,
-      copySource: path.join(work, 'nbdcopy-source.img'),
+      copySource: path.join(work, 'nbdcopy-source.img'), resyncSize: opts.resyncSize, nodeArgs,
     };
-    log(`bench: ${work} on ${os.cpus().length} CPUs; fio jobs on ${formatSize(opts.size)}, nbdcopy ${formatSize(opts.copySize)}; `
-      + `${opts.runtimeS}s + ${opts.rampS}s ramp per fio run; ${opts.repeat} round(s); ${versions.fio}, ${versions.nbdkit}`);
+    log(`bench: ${work} on ${os.cpus().length} CPUs; fio jobs on ${formatSize(opts.size)}, nbdcopy ${formatSize(opts.copySize)}, `
+      + `resync ${formatSize(opts.resyncSize)}; ${opts.runtimeS}s + ${opts.rampS}s ramp per fio run; ${opts.repeat} round(s); `
+      + `${versions.fio}, ${versions.nbdkit}; load average (1 min) ${(os.loadavg()[0] ?? 0).toFixed(2)}`);
     if (selected.some((j) => j.id === 'nbdcopy')) fillFile(cfg.copySource, opts.copySize);
 
     for (let round = 0; round < rounds; round++) {
       const roundStart = elapsedMs();
+      const tag = (): string => `[round ${round + 1}/${rounds}]`;
+      // what `tandem serve` gave each job this round, for the mirrored section's single side
+      const singleValues = new Map<string, Record<string, number>>();
       // Take turns per job; swap who goes first each round so neither always runs on a warmer machine.
       const order = round % 2 === 0 ? serverKinds : [...serverKinds].reverse();
       for (const job of selected) {
@@ -260,19 +290,69 @@ async function main(argv: string[]): Promise<number> {
               const v = values[m.id];
               if (v !== undefined && Number.isFinite(v)) samples[m.id]?.[kind].push(v);
             }
-            log(`[round ${round + 1}/${rounds}] ${kind.padEnd(6)} ${shown}  (${((elapsedMs() - js) / 1000).toFixed(1)} s: ${phases})`);
+            if (kind === 'tandem') singleValues.set(job.id, values);
+            log(`${tag()} ${kind.padEnd(6)} ${shown}  (${((elapsedMs() - js) / 1000).toFixed(1)} s: ${phases})`);
           } catch (e) {
             const error = (e as Error).message;
             failures.push({ round: round + 1, job: job.id, server: kind, error });
-            log(`[round ${round + 1}/${rounds}] ${kind.padEnd(6)} ${job.id} FAILED: ${error}`);
+            log(`${tag()} ${kind.padEnd(6)} ${job.id} FAILED: ${error}`);
           }
         }
       }
+
+      const mirroredOrder = round % 2 === 0 ? mirroredSides : [...mirroredSides].reverse();
+      for (const m of selectedMirrored) {
+        for (const side of mirroredOrder) {
+          const js = elapsedMs();
+          try {
+            let values = side === 'single' ? singleValues.get(m.job.id) : undefined;
+            let phases = 'the single-node section\'s run of this round';
+            if (values === undefined) {
+              ({ values, phases } = side === 'mirrored'
+                ? await measureMirrored(m.job, cfg, work, round)
+                : await measure(m.job, 'tandem', cfg, work, round));
+              if (side === 'single') singleValues.set(m.job.id, values);
+            }
+            const v = values[m.key];
+            if (v === undefined || !Number.isFinite(v)) throw new Error(`${m.job.id} gave no ${m.key}`);
+            mirroredSamples[m.id]?.[side].push(v);
+            log(`${tag()} ${side.padEnd(8)} ${m.id} ${fmtValue(v, m.unit)} ${m.unit}  (${((elapsedMs() - js) / 1000).toFixed(1)} s: ${phases})`);
+          } catch (e) {
+            const error = (e as Error).message;
+            failures.push({ round: round + 1, job: m.id, server: side, error });
+            log(`${tag()} ${side.padEnd(8)} ${m.id} FAILED: ${error}`);
+          }
+        }
+      }
+
+      if (runResync) {
+        const js = elapsedMs();
+        try {
+          const r = await measureResync(cfg, work, round);
+          resyncSamples.push(r);
+          resyncNotes.push(r.notes);
+          for (const n of r.notes) log(`${tag()} resync   ${n}`);
+          log(`${tag()} resync   done in ${((elapsedMs() - js) / 1000).toFixed(1)} s`);
+        } catch (e) {
+          const error = (e as Error).message;
+          failures.push({ round: round + 1, job: resyncId, server: 'cluster', error });
+          log(`${tag()} resync   FAILED: ${error}`);
+        }
+      }
+
       roundsDone = round + 1;
-      if (round === 0 && !opts.repeatGiven && rounds > 1 && elapsedMs() - roundStart > repeatBudgetMs / rounds) {
-        log(`bench: one round took ${((elapsedMs() - roundStart) / 1000).toFixed(0)} s; ${rounds} would exceed `
-          + `${repeatBudgetMs / 60_000} min, so stopping at 1 round (force with --repeat)`);
-        rounds = 1;
+      // other work on the machine skews every figure: show it
+      const load = os.loadavg()[0] ?? 0;
+      loads.push(load);
+      log(`${tag()} done in ${((elapsedMs() - roundStart) / 1000).toFixed(0)} s; load average (1 min) ${load.toFixed(2)}`);
+      if (round === 0 && !opts.repeatGiven && rounds > 1) {
+        const took = elapsedMs() - roundStart;
+        const fit = Math.max(1, Math.min(rounds, Math.floor(repeatBudgetMs / took)));
+        if (fit < rounds) {
+          log(`bench: one round took ${(took / 1000).toFixed(0)} s; ${rounds} would exceed `
+            + `${repeatBudgetMs / 60_000} min, so stopping at ${fit} round(s) (force with --repeat)`);
+          rounds = fit;
+        }
       }
     }
   } finally {
@@ -281,11 +361,39 @@ async function main(argv: string[]): Promise<number> {
   }
 
   const totalS = elapsedMs() / 1000;
-  const { text, rows } = renderTable(metrics, samples);
-  process.stdout.write(`\n${text}\n\n`);
-  process.stdout.write(`median of ${roundsDone} round(s) per job per server; spread = (max-min)/median over the rounds; `
+  const allRendered: RenderedRow[] = [];
+  let singleRows: ResultRow[] = [];
+  if (metrics.length > 0) {
+    const t = renderTable({ a: 'tandem', b: 'nbdkit', ratio: 'tandem/nbdkit', spread: 'spread t/n' }, metrics.map((m) => ({
+      id: m.id, label: m.label, unit: m.unit, target: { op: '>=', value: m.target },
+      a: samples[m.id]?.tandem ?? [], b: samples[m.id]?.nbdkit ?? [],
+    })));
+    allRendered.push(...t.rows);
+    singleRows = t.rows.map(singleResult);
+    process.stdout.write(`\n${t.text}\n`);
+  }
+  let mirroredRows: RenderedRow[] = [];
+  if (selectedMirrored.length > 0) {
+    const t = renderTable({ a: 'mirrored', b: 'single', ratio: 'mirrored/single', spread: 'spread m/s' }, selectedMirrored.map((m) => ({
+      id: m.id, label: m.label, unit: m.unit, target: m.target,
+      a: mirroredSamples[m.id]?.mirrored ?? [], b: mirroredSamples[m.id]?.single ?? [],
+    })));
+    mirroredRows = t.rows;
+    allRendered.push(...t.rows);
+    process.stdout.write(`\nmirrored: alpha (127.0.0.2, primary) + beta (127.0.0.3), cacheMode write-back, vs tandem serve alone; fio nbd on ${formatSize(opts.size)}\n${t.text}\n`);
+  }
+  let resyncRendered: RenderedRow[] = [];
+  if (runResync) {
+    const t = renderTable({ a: 'tandem', b: 'reference', ratio: 'tandem/ref', spread: 'spread t/r' }, resyncRows(opts.resyncSize, resyncSamples));
+    resyncRendered = t.rows;
+    allRendered.push(...t.rows);
+    process.stdout.write(`\nresync of a ${formatSize(opts.resyncSize)} volume from beta's spawn to SECOND; MiB/s ratios = reference time / resync time; `
+      + 'reference: cp --sparse=never + sync --data\n'
+      + `${t.text}\n`);
+  }
+  process.stdout.write(`\nmedian of ${roundsDone} round(s) per job per server; spread = (max-min)/median over the rounds; `
     + `total ${totalS.toFixed(0)} s\n`);
-  const below = rows.filter((r) => r.pass === false);
+  const below = allRendered.filter((r) => r.pass === false);
   if (below.length > 0) process.stdout.write(`below target: ${below.map((r) => r.id).join(', ')}\n`);
   for (const f of failures) process.stdout.write(`FAILED round ${f.round} ${f.job} on ${f.server}: ${f.error.split('\n')[0]}\n`);
 
@@ -296,10 +404,12 @@ async function main(argv: string[]): Promise<number> {
       host: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? '', memBytes: os.totalmem(), kernel: os.release() },
       versions,
       config: {
-        size: opts.size, copySize: opts.copySize, runtimeS: opts.runtimeS, rampS: opts.rampS,
-        rounds: roundsDone, jobs: selected.map((j) => j.id),
+        size: opts.size, copySize: opts.copySize, resyncSize: opts.resyncSize, runtimeS: opts.runtimeS, rampS: opts.rampS,
+        rounds: roundsDone, loadAverages: loads, jobs: [...selected.map((j) => j.id), ...selectedMirrored.map((m) => m.id), ...(runResync ? [resyncId] : [])],
       },
-      results: rows,
+      results: singleRows,
+      mirrored: mirroredRows,
+      resync: { rows: resyncRendered, samples: resyncSamples },
       failures,
     };
     fs.mkdirSync(path.dirname(path.resolve(opts.json)), { recursive: true });

@@ -406,6 +406,7 @@ export class Replica {
       this.resyncSource = undefined;
     }
     this.incomingBitmap = undefined;
+    this.reopenGateIfWaiting();
     for (const f of this.verifyPending.values()) f({ type: SyncMessageType.HASH_REPLY, volumeId: this.wireId, requestId: 0n, offset: 0, blocks: 0, bitmap: Buffer.alloc(0) });
     this.verifyPending.clear();
     if (wasMirroring && this.roleNow === 'PRIMARY') {
@@ -489,7 +490,13 @@ export class Replica {
       // no write may slip between the generations we send and the decision
       const reopen = await this.closeGate();
       this.reopenAfterHandshake = reopen;
-      setTimeout(() => this.reopenGateIfWaiting(), this.handshakeTimeoutMs).unref();
+      const session = this.session;
+      setTimeout(() => {
+        if (this.reopenAfterHandshake !== reopen) return;
+        // the peer did not answer: meet again on a new link rather than guess what it decided
+        session?.link.close(`peer did not answer the meeting for ${this.name} within ${this.handshakeTimeoutMs} ms`);
+        this.reopenGateIfWaiting();
+      }, this.handshakeTimeoutMs).unref();
     }
     this.handshake = 'sent';
     this.send(this.myGenerations());
