@@ -304,6 +304,9 @@ export class Replica {
         : kind === 'zero'
           ? { type: SyncMessageType.ZERO, volumeId: this.wireId, requestId: id, offset, length, flags: flags | (zo?.noHole === true ? 2 : 0) }
           : { type: SyncMessageType.TRIM, volumeId: this.wireId, requestId: id, offset, length, flags };
+      // remembered from the moment it is sent: if the link fails before the peer's next FLUSH,
+      // even an acknowledged write may exist only in the peer's cache
+      if (!writeThrough) (this.unflushed[0] as DirtyBitmap).set(offset, length);
       peer = session.request(id, m, `${kind} ${offset}+${length}`);
     }
     let localError: unknown;
@@ -320,7 +323,6 @@ export class Replica {
     const r = peer === undefined ? 'lost' : await peer;
     if (r === 0) {
       this.counters.peerWriteBytes += length;
-      if (!writeThrough) (this.unflushed[0] as DirtyBitmap).set(offset, length);
     } else {
       if (r !== 'lost') {
         this.log.error('the peer failed a write: its copy is marked out of sync there', { volume: this.name, offset, length, errno: r });
@@ -388,7 +390,7 @@ export class Replica {
     this.session = session;
     this.connection = 'connecting';
     this.handshake = 'idle';
-    this.runControl(() => this.startHandshake());
+    this.runControl(async () => { await this.startHandshake(); });
   }
 
   detach(reason: string): void {
@@ -484,13 +486,19 @@ export class Replica {
     };
   }
 
-  private async startHandshake(): Promise<void> {
-    if (this.session === undefined || this.handshake === 'sent') return;
+  /** Sends this side's GENERATIONS; false if the link this meeting began on is gone meanwhile. */
+  private async startHandshake(): Promise<boolean> {
+    const session = this.session;
+    if (session === undefined) return false;
+    if (this.handshake === 'sent') return true;
     if (this.roleNow === 'PRIMARY') {
       // no write may slip between the generations we send and the decision
       const reopen = await this.closeGate();
+      if (this.session !== session) {
+        reopen();
+        return false;
+      }
       this.reopenAfterHandshake = reopen;
-      const session = this.session;
       setTimeout(() => {
         if (this.reopenAfterHandshake !== reopen) return;
         // the peer did not answer: meet again on a new link rather than guess what it decided
@@ -500,6 +508,7 @@ export class Replica {
     }
     this.handshake = 'sent';
     this.send(this.myGenerations());
+    return true;
   }
 
   private reopenAfterHandshake: (() => void) | undefined;
@@ -540,8 +549,11 @@ export class Replica {
         return;
       case SyncMessageType.RESYNC_DATA:
       case SyncMessageType.RESYNC_ZERO:
-        this.resyncTarget?.onData(m);
-        if (this.resyncTarget === undefined) this.log.warn('resync data while no resync runs: dropped', { volume: this.name });
+        if (this.resyncTarget === undefined) {
+          this.session?.link.close(`${syncMessageTypeName(m.type)} for ${this.name} while no resync runs`);
+          return;
+        }
+        this.resyncTarget.onData(m);
         return;
       case SyncMessageType.RESYNC_REQUEST:
         void this.serveResync(m.requestId, m.offset, m.length, undefined);
@@ -603,7 +615,7 @@ export class Replica {
       // the peer started a new meeting (a reconnect, or an operator's resolve): answer it
       this.error = undefined;
       this.splitBrain = undefined;
-      await this.startHandshake();
+      if (!await this.startHandshake()) return;
     }
     this.handshake = 'idle';
     const peer = this.peerSide(m);
@@ -703,6 +715,8 @@ export class Replica {
       { generations: this.meta.generations, diskState: this.meta.diskState }, genFromWire(syncIdWire));
     // Inconsistent is on disk before any resync data lands
     this.metMeta(r.target);
+    // the source moved its generations too: remember them as they are now, for the end of the resync
+    this.peerView = { ...peer, side: { ...peer.side, generations: r.source.generations } };
     if (mode === 'full') {
       this.tracking.bitmap.set(0, this.size);
       await this.startTarget('full');
@@ -783,7 +797,11 @@ export class Replica {
     const ack = (status: number): void => {
       session?.link.send({ type: SyncMessageType.WRITE_ACK, requestId: m.requestId, status });
     };
-    if (this.roleNow === 'PRIMARY' || this.connection !== 'connected' || m.offset + length > this.size) {
+    if (m.offset + length > this.size) {
+      session?.link.close(`peer wrote ${m.offset}+${length} past the end of the ${this.size}-byte volume ${this.name}`);
+      return;
+    }
+    if (this.roleNow === 'PRIMARY' || this.connection !== 'connected') {
       this.log.warn('peer write refused', { volume: this.name, offset: m.offset, length, role: this.roleNow, connection: this.connection });
       ack(EIO);
       return;
