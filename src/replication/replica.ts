@@ -185,8 +185,8 @@ export class Replica {
       size: this.size,
       outOfSyncBytes: this.tracking.bitmap.dirtyBytes,
       generations: this.meta.generations,
-      resync,
-      lastResync: this.last ?? null,
+      resync: resync === null ? null : withoutClock(resync),
+      lastResync: this.last === undefined ? null : withoutClock(this.last),
       splitBrain: this.splitBrain ?? null,
       error: this.error ?? null,
       counters: { ...this.counters },
@@ -1118,6 +1118,13 @@ export function updateRate(p: ResyncProgress): void {
   if (s <= 0) return;
   p.rateBytesPerSecond = Math.round(p.doneBytes / s);
   p.etaSeconds = p.rateBytesPerSecond > 0 ? Math.ceil((p.totalBytes - p.doneBytes) / p.rateBytesPerSecond) : null;
+}
+
+/** progress as shown: the monotonic start time is internal */
+function withoutClock<P extends { startedMs: number }>(p: P): Omit<P, 'startedMs'> {
+  const shown: Partial<P> = { ...p };
+  delete shown.startedMs;
+  return shown as Omit<P, 'startedMs'>;
 }
 
 function summary(p: ResyncProgress): Record<string, unknown> {
