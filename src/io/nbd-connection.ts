@@ -54,6 +54,8 @@ function nbdErrno(e: unknown): number {
 interface WriteInProgress {
   readonly req: RequestHeader;
   readonly pieces: Promise<void>[];
+  /** the whole payload, for a store that wants one write per request (Backend.wholeWrites) */
+  readonly whole: Buffer | undefined;
   failure: unknown;
 }
 
@@ -173,7 +175,8 @@ export class NbdConnection implements RequestSink {
     this.inflightRequests++;
     this.stats.requests++;
     if (req.type === NBD_CMD_WRITE && this.rejection === undefined) {
-      this.write = { req, pieces: [], failure: undefined };
+      const whole = this.backend?.wholeWrites === true ? Buffer.allocUnsafe(req.length) : undefined;
+      this.write = { req, pieces: [], whole, failure: undefined };
     }
     return true;
   }
@@ -182,6 +185,10 @@ export class NbdConnection implements RequestSink {
     const w = this.write;
     if (w === undefined || w.req !== req) return; // a rejected write's payload is skipped
     if (w.failure !== undefined) return;
+    if (w.whole !== undefined) {
+      data.copy(w.whole, at);
+      return;
+    }
     const p = (this.backend as Backend).write(data, req.offset + at);
     // Keep only pending pieces: a synchronous store has already finished and fails by rejecting.
     w.pieces.push(p.catch((e: unknown) => { w.failure ??= e; }));
@@ -225,6 +232,7 @@ export class NbdConnection implements RequestSink {
         case NBD_CMD_WRITE: {
           const w = this.write as WriteInProgress;
           this.write = undefined;
+          if (w.whole !== undefined) await b.write(w.whole, req.offset);
           if (w.pieces.length > 0) await Promise.all(w.pieces);
           if (w.failure !== undefined) throw w.failure;
           if (fua) await b.flush();

@@ -29,7 +29,8 @@ async function openCopy(cfg: NodeConfig, v: VolumeConfig, log: Logger): Promise<
   const dir = path.join(cfg.node.dataDir, 'volumes');
   fs.mkdirSync(dir, { recursive: true });
   const backingPath = path.join(dir, `${v.name}.img`);
-  const loc = { backingPath };
+  // the metadata path is explicit, so a data directory under /dev (e.g. /dev/shm) is not taken for a device
+  const loc = { backingPath, metaPath: `${backingPath}.tandem.json` };
   const geometry = changeTrackingGeometry({ volumeBytes: v.size });
   const existing = readMetadata(`${backingPath}.tandem.json`);
   if (existing === undefined) {

@@ -16,6 +16,8 @@ export const replicationLimits = {
   verifyRangesMax: 1000,
   /** a resync target makes its progress durable (data flush, then bitmap) this often */
   checkpointMs: 1000,
+  /** while a primary writes alone, its count of bytes written apart is saved at most this often */
+  metadataSaveMs: 5000,
   /** one BITMAP message */
   bitmapChunkBytes: 1024 * 1024,
 } as const;

@@ -132,6 +132,11 @@ export class Replica {
   private incomingBitmap: Buffer | undefined;
   private readonly verifyPending = new Map<bigint, (m: Extract<SyncMessage, { type: 37 }>) => void>();
   private metaDirty = false;
+  /** writes waiting for room in the activity log or for its pending commit */
+  private logWaiters: Array<() => void> = [];
+  private metaSavedAt = 0;
+  /** met the peer as a sync target; its RESYNC_START has not come yet */
+  private awaitingResync = false;
   private closed = false;
   readonly counters = { writes: 0, writeBytes: 0, peerWriteBytes: 0, peerZeroBytes: 0, resyncBytes: 0, resyncZeroBytes: 0, resyncSkippedBytes: 0 };
 
@@ -165,8 +170,9 @@ export class Replica {
 
   get state(): VolumeState {
     if (this.splitBrain !== undefined) return 'SPLIT-BRAIN';
-    if (this.resyncTarget !== undefined || this.meta.diskState === 'Inconsistent') return 'SYNCING';
-    if (this.roleNow === 'PRIMARY') return this.mirroring ? 'PRIM' : 'ALONE';
+    if (this.resyncTarget !== undefined || this.awaitingResync || this.meta.diskState === 'Inconsistent') return 'SYNCING';
+    // PRIM means the peer has every write: not while it is still being brought up to date
+    if (this.roleNow === 'PRIMARY') return this.mirroring && this.resyncSource === undefined ? 'PRIM' : 'ALONE';
     return this.connection === 'connected' ? 'SECOND' : 'WAIT';
   }
 
@@ -205,6 +211,7 @@ export class Replica {
       canZero: b.canZero,
       canFastZero: false,
       canExtents: b.canExtents,
+      wholeWrites: true,
       read: async (buf, offset) => { this.checkPrimary(); await b.read(buf, offset); },
       write: (buf, offset) => this.mirroredOp(offset, buf.length, 'write', buf),
       flush: () => this.flush(),
@@ -258,6 +265,7 @@ export class Replica {
           await this.carryOut(offset, length, kind, data, zo);
         } finally {
           this.tracking.log.endWrite(offset, length);
+          if (this.logWaiters.length > 0) this.wakeLogWaiters();
         }
       } finally {
         release();
@@ -279,12 +287,18 @@ export class Replica {
         } catch (e) {
           log.endWrite(offset, length);
           throw e;
+        } finally {
+          this.wakeLogWaiters();
         }
         return;
       }
-      // another transaction is being persisted, or every extent is busy: try again shortly
-      await new Promise((res) => setTimeout(res, 1));
+      // another transaction is being persisted, or every extent is busy: wait for a commit or an end
+      await new Promise<void>((res) => this.logWaiters.push(res));
     }
+  }
+
+  private wakeLogWaiters(): void {
+    for (const f of this.logWaiters.splice(0)) f();
   }
 
   private async carryOut(offset: number, length: number, kind: 'write' | 'trim' | 'zero', data?: Buffer, zo?: ZeroOptions): Promise<void> {
@@ -408,6 +422,7 @@ export class Replica {
       this.resyncSource = undefined;
     }
     this.incomingBitmap = undefined;
+    this.awaitingResync = false;
     this.reopenGateIfWaiting();
     for (const f of this.verifyPending.values()) f({ type: SyncMessageType.HASH_REPLY, volumeId: this.wireId, requestId: 0n, offset: 0, blocks: 0, bitmap: Buffer.alloc(0) });
     this.verifyPending.clear();
@@ -663,6 +678,7 @@ export class Replica {
       }
       // wait for the peer's RESYNC_START
       this.connection = 'connected';
+      this.awaitingResync = true;
       return;
     }
     if (peer.primary) {
@@ -710,6 +726,7 @@ export class Replica {
   private async onResyncStart(syncIdWire: bigint, modeWire: number): Promise<void> {
     const peer = this.peerView;
     if (peer === undefined || this.session === undefined) return;
+    this.awaitingResync = false;
     const mode = modeWire === SyncResyncMode.FULL ? 'full' : 'bitmap';
     const r = onResyncStart({ generations: peer.side.generations, diskState: peer.side.diskState },
       { generations: this.meta.generations, diskState: this.meta.diskState }, genFromWire(syncIdWire));
@@ -1068,7 +1085,8 @@ export class Replica {
 
   tick(): void {
     this.session?.tick(Date.now());
-    if (this.metaDirty) this.saveMeta(this.meta);
+    // the count of bytes written apart is advisory (discard-least-changes): a few seconds stale is fine
+    if (this.metaDirty && Date.now() - this.metaSavedAt >= replicationLimits.metadataSaveMs) this.saveMeta(this.meta);
     this.resyncTarget?.tick();
   }
 
@@ -1076,6 +1094,7 @@ export class Replica {
     writeMetadata(this.o.volume.metaPath, m);
     this.meta = m;
     this.metaDirty = false;
+    this.metaSavedAt = Date.now();
   }
 
   /** A clean stop: in-flight I/O finishes, everything is made durable, the primary flag is cleared. */

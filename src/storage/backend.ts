@@ -26,6 +26,11 @@ export interface Backend {
   readonly canZero: boolean;
   readonly canFastZero: boolean;
   readonly canExtents: boolean;
+  /**
+   * write() wants each client write whole, in one call (a mirrored store sends one message to
+   * its peer per call); otherwise a write's payload is stored piece by piece as it arrives
+   */
+  readonly wholeWrites?: boolean;
   /** fills buf from offset; the range is inside the store */
   read(buf: Buffer, offset: number): Promise<void>;
   write(buf: Buffer, offset: number): Promise<void>;

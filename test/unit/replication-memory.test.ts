@@ -440,6 +440,9 @@ test('a slow secondary: bytes in flight at the peer never exceed inFlightBytesMa
   await waitInSync(p);
   const limit = replicationLimits.inFlightBytesMax;
   assert.ok(size >= 2 * limit);
+  // every extent active in the activity log first, so the writes below wait for the peer only
+  const exported = a.replica.backendForExport();
+  await Promise.all(Array.from({ length: slots }, (_, i) => exported.write(Buffer.alloc(4096, 1), i * slot)));
 
   // measured at the secondary: bytes of WRITEs received and not yet acknowledged, and bytes being written
   let unacked = 0;
