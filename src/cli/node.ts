@@ -5,6 +5,7 @@ import { parseNodeConfig } from '../node/config';
 import { NodeDaemon } from '../node/daemon';
 import { createLogger } from '../util/log';
 import { UsageError } from './errors';
+import { untilStopSignal } from './signals';
 
 export const nodeUsage = `usage: tandem node start --config FILE [--debug]
 
@@ -34,18 +35,7 @@ export async function runNode(args: string[]): Promise<number> {
   const daemon = new NodeDaemon(cfg, log);
   await daemon.start();
   process.stdout.write(`node ${cfg.node.name} ready\n`);
-  await new Promise<void>((resolve) => {
-    const stop = (sig: string): void => {
-      log.info('stopping', { signal: sig });
-      process.off('SIGTERM', onTerm);
-      process.off('SIGINT', onInt);
-      resolve();
-    };
-    const onTerm = (): void => stop('SIGTERM');
-    const onInt = (): void => stop('SIGINT');
-    process.on('SIGTERM', onTerm);
-    process.on('SIGINT', onInt);
-  });
+  log.info('stopping', { signal: await untilStopSignal() });
   await daemon.stop();
   log.info('stopped');
   return 0;

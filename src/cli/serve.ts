@@ -9,6 +9,7 @@ import { parseHostPort } from '../util/address';
 import { createLogger, type Logger } from '../util/log';
 import { formatSize, parseSize } from '../util/size';
 import { UsageError } from './errors';
+import { untilStopSignal } from './signals';
 
 export const serveUsage = `usage: tandem serve --file PATH [--size SIZE] [--listen HOST:PORT] [--name EXPORT]
                     [--read-only] [--meta PATH] [--file PATH --name EXPORT ...]
@@ -143,18 +144,8 @@ export async function runServe(o: ServeOptions): Promise<number> {
     log.info('serving', { export: exports[i]?.name ?? '', file: v.backingPath, size: formatSize(v.meta.size), read_only: o.readOnly });
   }
   process.stdout.write(`listening on ${host}:${addr.port}\n`);
-  await new Promise<void>((resolve) => {
-    const stop = (sig: string): void => {
-      log.info('stopping', { signal: sig, connections: server.connectionCount });
-      process.off('SIGTERM', onTerm);
-      process.off('SIGINT', onInt);
-      resolve();
-    };
-    const onTerm = (): void => stop('SIGTERM');
-    const onInt = (): void => stop('SIGINT');
-    process.on('SIGTERM', onTerm);
-    process.on('SIGINT', onInt);
-  });
+  const signal = await untilStopSignal();
+  log.info('stopping', { signal, connections: server.connectionCount });
   await server.shutdown();
   for (const v of volumes) {
     if (!o.readOnly) await v.backend.flush();

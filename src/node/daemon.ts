@@ -8,12 +8,13 @@ import net from 'node:net';
 import path from 'node:path';
 import { newVolume } from '../core/generations';
 import { NbdServer, type ServedExport } from '../io/nbd-server';
-import { SyncMessageType, SyncVolumeRefusal, type SyncMessage } from '../protocol/sync/messages';
+import type { SyncMessage } from '../protocol/sync/messages';
 import { ChangeTracking, changeTrackingGeometry, changeTrackingPaths } from '../storage/change-tracking';
 import { createVolume, openVolume, readMetadata, writeMetadata, type Volume } from '../storage/volume-store';
 import { ByteBudget } from '../util/byte-budget';
 import type { Logger } from '../util/log';
 import { replicationLimits } from '../replication/limits';
+import { dispatchPeerMessage, type DispatchContext } from '../replication/dispatch';
 import { PeerSession } from '../replication/peer-session';
 import { Replica } from '../replication/replica';
 import { establishLink, type SyncLink } from '../replication/sync-link';
@@ -69,7 +70,16 @@ export class NodeDaemon {
   private readonly applyBudget = new ByteBudget(replicationLimits.applyBytesMax);
   private exportsBusy: Promise<void> = Promise.resolve();
 
-  constructor(readonly cfg: NodeConfig, private readonly log: Logger) {}
+  private readonly dispatchContext: DispatchContext;
+
+  constructor(readonly cfg: NodeConfig, private readonly log: Logger) {
+    this.dispatchContext = {
+      nodeName: cfg.node.name,
+      log,
+      replicas: () => this.replicas.values(),
+      replica: (wireId) => this.byWireId.get(wireId.toString('hex')),
+    };
+  }
 
   get nodeName(): string { return this.cfg.node.name; }
 
@@ -193,37 +203,11 @@ export class NodeDaemon {
   }
 
   private dispatch(session: PeerSession, m: SyncMessage): void {
-    switch (m.type) {
-      case SyncMessageType.WRITE_ACK:
-      case SyncMessageType.FLUSH_ACK:
-        if (!session.settle(m.requestId, m.status)) session.link.close(`${m.type === SyncMessageType.WRITE_ACK ? 'WRITE_ACK' : 'FLUSH_ACK'} for no outstanding request ${m.requestId}`);
-        return;
-      case SyncMessageType.FLUSH: {
-        const all = [...this.replicas.values()].map((r) => r.flushForPeer());
-        void Promise.all(all).then(() => 0, (e: unknown) => {
-          this.log.error('flush for the peer failed', { error: String(e) });
-          return 5;
-        }).then((status) => session.link.send({ type: SyncMessageType.FLUSH_ACK, requestId: m.requestId, status }));
-        return;
-      }
-    }
-    if (!('volumeId' in m)) {
-      session.link.close(`unexpected ${m.type} message`);
-      return;
-    }
-    const r = this.byWireId.get(m.volumeId.toString('hex'));
-    if (r === undefined) {
-      if (m.type === SyncMessageType.GENERATIONS) {
-        session.link.send({ type: SyncMessageType.VOLUME_REFUSED, volumeId: m.volumeId, code: SyncVolumeRefusal.UNKNOWN_VOLUME, reason: `${this.nodeName} has no such volume` });
-      } else if (m.type !== SyncMessageType.VOLUME_REFUSED) {
-        session.link.close(`message for unknown volume ${m.volumeId.toString('hex')}`);
-      }
-      return;
-    }
-    const before = r.role;
-    r.receive(m);
-    if (r.role !== before) void this.refreshExports();
+    const roles = [...this.replicas.values()].map((r) => r.role);
+    dispatchPeerMessage(this.dispatchContext, session, m);
+    if ([...this.replicas.values()].some((r, i) => r.role !== roles[i])) void this.refreshExports();
   }
+
 
   /** Exports exactly the volumes this node is primary for. */
   refreshExports(): Promise<void> {

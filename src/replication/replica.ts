@@ -293,7 +293,7 @@ export class Replica {
         return;
       }
       // another transaction is being persisted, or every extent is busy: wait for a commit or an end
-      await new Promise<void>((res) => this.logWaiters.push(res));
+      await new Promise<void>((res) => { this.logWaiters.push(res); setTimeout(res, 1); });
     }
   }
 

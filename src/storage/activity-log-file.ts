@@ -11,7 +11,7 @@ import {
   type ActivityLogGeometry, type AlTransaction, type RecoveredLog,
 } from '../core/activity-log';
 import {
-  createTrackingFile, openTrackingFile, syncDataAsync, trackingFileLimits, TrackingFileError, writeAtAsync, type TrackingFileFormat,
+  createTrackingFile, openTrackingFile, syncData, trackingFileLimits, TrackingFileError, writeAt, type TrackingFileFormat,
 } from './tracking-file';
 
 /** extentsMax is not stored: it only limits the running log, and any journal is readable with any value */
@@ -61,8 +61,8 @@ export class ActivityLogFile {
    */
   async persist(t: AlTransaction): Promise<void> {
     if (this.closed) throw new TrackingFileError('ERR_TRACKING_CLOSED', `${this.path} is closed`);
-    await writeAtAsync(this.fd, t.record, trackingFileLimits.headerBytes + t.slot * activityLogLimits.slotBytes, `write ${this.path}`);
-    await syncDataAsync(this.fd, `sync ${this.path}`);
+    writeAt(this.fd, t.record, trackingFileLimits.headerBytes + t.slot * activityLogLimits.slotBytes, `write ${this.path}`);
+    syncData(this.fd, `sync ${this.path}`);
     this.log.commit(t);
   }
 

@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import { BitmapError, bitmapGeometry, DirtyBitmap, dirtyBitmapLimits, type BitmapGeometry } from '../core/dirty-bitmap';
 import {
-  createTrackingFile, openTrackingFile, syncDataAsync, trackingFileLimits, TrackingFileError, writeAtAsync, type TrackingFileFormat,
+  createTrackingFile, openTrackingFile, syncData, trackingFileLimits, TrackingFileError, writeAt, type TrackingFileFormat,
 } from './tracking-file';
 
 export const bitmapFileFormat: TrackingFileFormat = { magic: 'TNDMBMAP', version: 1, fields: ['volumeBytes', 'regionBytes'] };
@@ -47,17 +47,7 @@ export class BitmapFile {
   }
 
   /** Writes the pages that changed since the last persist and makes them durable; returns how many. */
-  persist(): Promise<number> {
-    // one at a time: a persist that finds nothing to write must still wait for one in progress,
-    // and an older copy of a page must never land after a newer one
-    const run = this.persisting.then(() => this.persistNow());
-    this.persisting = run.then(() => undefined, () => undefined);
-    return run;
-  }
-
-  private persisting: Promise<void> = Promise.resolve();
-
-  private async persistNow(): Promise<number> {
+  async persist(): Promise<number> {
     this.checkOpen();
     const pages = this.bitmap.takeDirtyPages();
     if (pages.length === 0) return 0;
@@ -68,10 +58,10 @@ export class BitmapFile {
         while (j < pages.length && pages[j] === (pages[j - 1] as number) + 1) j++;
         const first = pages[i] as number;
         const data = Buffer.concat(pages.slice(i, j).map((p) => this.bitmap.page(p)));
-        await writeAtAsync(this.fd, data, trackingFileLimits.headerBytes + first * dirtyBitmapLimits.pageBytes, `write ${this.path}`);
+        writeAt(this.fd, data, trackingFileLimits.headerBytes + first * dirtyBitmapLimits.pageBytes, `write ${this.path}`);
         i = j;
       }
-      await syncDataAsync(this.fd, `sync ${this.path}`);
+      syncData(this.fd, `sync ${this.path}`);
     } catch (e) {
       // the pages may not be on disk: the next persist writes them again
       this.bitmap.markPagesDirty(pages);

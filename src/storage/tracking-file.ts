@@ -121,24 +121,19 @@ function readExactly(fd: number, position: number, length: number, file: string)
   return b;
 }
 
-/** A positional write through the thread pool: the event loop goes on while the disk works. */
-export async function writeAtAsync(fd: number, buf: Buffer, position: number, what: string): Promise<void> {
+/** Writes all of `buf` at `position` (synchronous: these writes are a few KiB). */
+export function writeAt(fd: number, buf: Buffer, position: number, what: string): void {
   try {
-    for (let done = 0; done < buf.length;) {
-      done += await new Promise<number>((resolve, reject) => {
-        fs.write(fd, buf, done, buf.length - done, position + done, (e, n) => { if (e) reject(e); else resolve(n); });
-      });
-    }
+    for (let done = 0; done < buf.length;) done += fs.writeSync(fd, buf, done, buf.length - done, position + done);
   } catch (e) {
     throw ioError(e, what);
   }
 }
 
-export async function syncDataAsync(fd: number, what: string): Promise<void> {
+export function syncData(fd: number, what: string): void {
   try {
-    await new Promise<void>((resolve, reject) => fs.fdatasync(fd, (e) => { if (e) reject(e); else resolve(); }));
+    fs.fdatasyncSync(fd);
   } catch (e) {
     throw ioError(e, what);
   }
 }
-

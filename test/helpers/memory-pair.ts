@@ -10,13 +10,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Duplex, PassThrough } from 'node:stream';
 import { newVolume, type SplitBrainPolicy } from '../../src/core/generations';
-import { SyncMessageType, SyncVolumeRefusal, type SyncMessage } from '../../src/protocol/sync/messages';
+import type { SyncMessage } from '../../src/protocol/sync/messages';
 import { ChangeTracking, changeTrackingGeometry } from '../../src/storage/change-tracking';
 import { createVolume, openVolume, readMetadata, writeMetadata, type Volume } from '../../src/storage/volume-store';
 import type { VolumeMetadata } from '../../src/storage/metadata';
 import { ByteBudget } from '../../src/util/byte-budget';
 import { createLogger, type Logger } from '../../src/util/log';
 import { replicationLimits } from '../../src/replication/limits';
+import { dispatchPeerMessage } from '../../src/replication/dispatch';
 import { PeerSession } from '../../src/replication/peer-session';
 import { Replica, type CacheMode } from '../../src/replication/replica';
 import { establishLink, type SyncLink, type SyncLinkOptions } from '../../src/replication/sync-link';
@@ -159,34 +160,13 @@ export class MemNode {
     link.start((m) => this.dispatch(session, m));
   }
 
-  /** As NodeDaemon.dispatch, for this node's one volume. */
+  /** As the node daemon does, for this node's one volume. */
   dispatch(session: PeerSession, m: SyncMessage): void {
-    switch (m.type) {
-      case SyncMessageType.WRITE_ACK:
-      case SyncMessageType.FLUSH_ACK:
-        if (!session.settle(m.requestId, m.status)) session.link.close(`${m.type === SyncMessageType.WRITE_ACK ? 'WRITE_ACK' : 'FLUSH_ACK'} for no outstanding request ${m.requestId}`);
-        return;
-      case SyncMessageType.FLUSH: {
-        void this.replica.flushForPeer().then(() => 0, (e: unknown) => {
-          this.log.error('flush for the peer failed', { error: String(e) });
-          return 5;
-        }).then((status) => session.link.send({ type: SyncMessageType.FLUSH_ACK, requestId: m.requestId, status }));
-        return;
-      }
-    }
-    if (!('volumeId' in m)) {
-      session.link.close(`unexpected ${m.type} message`);
-      return;
-    }
-    if (!m.volumeId.equals(this.replica.wireId)) {
-      if (m.type === SyncMessageType.GENERATIONS) {
-        session.link.send({ type: SyncMessageType.VOLUME_REFUSED, volumeId: m.volumeId, code: SyncVolumeRefusal.UNKNOWN_VOLUME, reason: `${this.o.name} has no such volume` });
-      } else if (m.type !== SyncMessageType.VOLUME_REFUSED) {
-        session.link.close(`message for unknown volume ${m.volumeId.toString('hex')}`);
-      }
-      return;
-    }
-    this.replica.receive(m);
+    dispatchPeerMessage({
+      nodeName: this.o.name, log: this.log,
+      replicas: () => [this.replica],
+      replica: (wireId) => (wireId.equals(this.replica.wireId) ? this.replica : undefined),
+    }, session, m);
   }
 
   /** Closes the link and the replica (a clean stop); safe to call twice. */
