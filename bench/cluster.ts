@@ -18,33 +18,9 @@ export const volumeName = 'vol0';
 const repoRoot = path.resolve(__dirname, '..', '..');
 export const tandemBin = path.join(repoRoot, 'bin', 'tandem.js');
 
-/** The documented status JSON (docs/mirroring.md), as much of it as the bench reads. */
-export interface ResyncStatus {
-  direction: 'to-peer' | 'from-peer';
-  mode: 'bitmap' | 'full';
-  totalBytes: number;
-  doneBytes: number;
-  rateBytesPerSecond: number;
-  sentBytes: number;
-  zeroBytes: number;
-  skippedBytes: number;
-  startedAt: string;
-  finishedAt: string | null;
-}
+import type { VolumeStatus } from '../src/replication/status';
 
-export interface VolumeStatus {
-  name: string;
-  role: 'PRIMARY' | 'SECONDARY';
-  state: 'PRIM' | 'SECOND' | 'ALONE' | 'SYNCING' | 'SPLIT-BRAIN' | 'WAIT';
-  diskState: string;
-  peerDiskState: string | null;
-  connection: string;
-  outOfSyncBytes: number;
-  resync: ResyncStatus | null;
-  lastResync: ResyncStatus | null;
-  error?: unknown;
-  splitBrain?: unknown;
-}
+export type { ResyncStatus, VolumeStatus } from '../src/replication/status';
 
 export interface VolumeOptions {
   readonly size: number;

@@ -1,6 +1,7 @@
 // The management commands: each is one call to a node's API (docs/mirroring.md).
 import http from 'node:http';
 import { parseArgs } from 'node:util';
+import type { NodeStatus } from '../replication/status';
 import { parseHostPort } from '../util/address';
 import { formatSize } from '../util/size';
 import { UsageError } from './errors';
@@ -44,13 +45,7 @@ function call(api: string, method: string, path: string, body?: unknown): Promis
   });
 }
 
-interface VolumeStatus {
-  name: string; role: string; state: string; diskState: string; peerDiskState: string | null; connection: string;
-  outOfSyncBytes: number; resync: null | { direction: string; doneBytes: number; totalBytes: number; rateBytesPerSecond: number; etaSeconds: number | null };
-  splitBrain: null | { reason: string }; error: string | null;
-}
-
-function formatStatus(s: { node: string; peer: { name: string; connected: boolean }; volumes: VolumeStatus[] }): string {
+function formatStatus(s: NodeStatus): string {
   const lines = [`node ${s.node}   peer ${s.peer.name}: ${s.peer.connected ? 'connected' : 'not connected'}`, ''];
   lines.push(['VOLUME', 'STATE', 'ROLE', 'DISK', 'PEER DISK', 'LINK', 'OUT OF SYNC'].map((h, i) => h.padEnd([12, 12, 10, 13, 13, 12, 0][i] as number)).join(''));
   for (const v of s.volumes) {
@@ -87,7 +82,7 @@ export async function runAdmin(command: string, args: string[]): Promise<number>
   if (command === 'status') {
     if (positionals.length > 0) throw new UsageError('status takes no volume name');
     const s = await call(values.api, 'GET', '/api/v1/status');
-    out(s, formatStatus(s as Parameters<typeof formatStatus>[0]));
+    out(s, formatStatus(s as NodeStatus));
     return 0;
   }
   if (positionals.length !== 1) throw new UsageError(`${command} needs exactly one VOLUME`);

@@ -8,7 +8,6 @@ import net from 'node:net';
 import path from 'node:path';
 import { newVolume } from '../core/generations';
 import { NbdServer, type ServedExport } from '../io/nbd-server';
-import type { SyncMessage } from '../protocol/sync/messages';
 import { ChangeTracking, changeTrackingGeometry, changeTrackingPaths } from '../storage/change-tracking';
 import { createVolume, openVolume, readMetadata, writeMetadata, type Volume } from '../storage/volume-store';
 import { ByteBudget } from '../util/byte-budget';
@@ -17,6 +16,7 @@ import { replicationLimits } from '../replication/limits';
 import { dispatchPeerMessage, type DispatchContext } from '../replication/dispatch';
 import { PeerSession } from '../replication/peer-session';
 import { Replica } from '../replication/replica';
+import type { NodeStatus } from '../replication/status';
 import { establishLink, type SyncLink } from '../replication/sync-link';
 import { startApi, type ApiServer } from './api';
 import type { NodeConfig, VolumeConfig } from './config';
@@ -105,7 +105,11 @@ export class NodeDaemon {
       await this.stop();
       throw e;
     }
-    this.ticker = setInterval(() => { for (const r of this.replicas.values()) r.tick(); }, Math.min(250, cfg.sync.pingIntervalMs));
+    this.ticker = setInterval(() => {
+      // one deadline check per link, however many volumes share it
+      this.session?.tick(Date.now());
+      for (const r of this.replicas.values()) r.tick();
+    }, Math.min(250, cfg.sync.pingIntervalMs));
     if (this.dials()) this.dial();
   }
 
@@ -113,7 +117,7 @@ export class NodeDaemon {
     return this.replicas.get(name);
   }
 
-  status(): Record<string, unknown> {
+  status(): NodeStatus {
     return {
       node: this.cfg.node.name,
       cluster: this.cfg.cluster.name,
@@ -199,13 +203,8 @@ export class NodeDaemon {
       for (const r of this.replicas.values()) r.detach(reason);
     });
     for (const r of this.replicas.values()) r.attach(session);
-    link.start((m) => this.dispatch(session, m));
-  }
-
-  private dispatch(session: PeerSession, m: SyncMessage): void {
-    const roles = [...this.replicas.values()].map((r) => r.role);
-    dispatchPeerMessage(this.dispatchContext, session, m);
-    if ([...this.replicas.values()].some((r, i) => r.role !== roles[i])) void this.refreshExports();
+    // roles change only by promote/demote, which refresh the exports themselves
+    link.start((m) => dispatchPeerMessage(this.dispatchContext, session, m));
   }
 
 

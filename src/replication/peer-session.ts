@@ -23,7 +23,6 @@ export class PeerSession {
   }
 
   get open(): boolean { return this.lostReason === undefined && !this.link.closed; }
-  get outstanding(): number { return this.pending.size; }
 
   newId(): bigint {
     return this.nextId++;

@@ -27,10 +27,9 @@ import type { PeerResult, PeerSession } from './peer-session';
 import { RangeLocks } from './range-locks';
 import { ResyncTarget, type ResyncProgress } from './resync-target';
 
-export type Role = 'PRIMARY' | 'SECONDARY';
-export type CacheMode = 'write-back' | 'write-through';
-export type VolumeState = 'PRIM' | 'SECOND' | 'ALONE' | 'SYNCING' | 'SPLIT-BRAIN' | 'WAIT';
-export type Connection = 'connecting' | 'connected' | 'standalone';
+import type { CacheMode, Connection, ResyncStatus, Role, VolumeCounters, VolumeState, VolumeStatus } from './status';
+
+export type { CacheMode, Connection, Role, VolumeState } from './status';
 
 export class ReplicaError extends CodedError<string> {
   override readonly name = 'ReplicaError';
@@ -138,7 +137,7 @@ export class Replica {
   /** met the peer as a sync target; its RESYNC_START has not come yet */
   private awaitingResync = false;
   private closed = false;
-  readonly counters = { writes: 0, writeBytes: 0, peerWriteBytes: 0, peerZeroBytes: 0, resyncBytes: 0, resyncZeroBytes: 0, resyncSkippedBytes: 0 };
+  readonly counters: VolumeCounters = { writes: 0, writeBytes: 0, peerWriteBytes: 0, peerZeroBytes: 0, resyncBytes: 0, resyncZeroBytes: 0, resyncSkippedBytes: 0 };
 
   constructor(private readonly o: ReplicaOptions) {
     this.name = o.name;
@@ -176,8 +175,8 @@ export class Replica {
     return this.connection === 'connected' ? 'SECOND' : 'WAIT';
   }
 
-  status(): Record<string, unknown> {
-    const resync = this.resyncTarget !== undefined
+  status(): VolumeStatus {
+    const resync: ResyncReport | null = this.resyncTarget !== undefined
       ? { direction: 'from-peer', mode: this.resyncTarget.mode, ...this.resyncTarget.progress() }
       : this.resyncSource !== undefined ? { direction: 'to-peer', mode: this.resyncSource.mode, ...this.resyncSource.progress } : null;
     return {
@@ -1084,7 +1083,6 @@ export class Replica {
   // ------------------------------------------------------------------ housekeeping
 
   tick(): void {
-    this.session?.tick(Date.now());
     // the count of bytes written apart is advisory (discard-least-changes): a few seconds stale is fine
     if (this.metaDirty && Date.now() - this.metaSavedAt >= replicationLimits.metadataSaveMs) this.saveMeta(this.meta);
     this.resyncTarget?.tick();
@@ -1140,10 +1138,10 @@ export function updateRate(p: ResyncProgress): void {
 }
 
 /** progress as shown: the monotonic start time is internal */
-function withoutClock<P extends { startedMs: number }>(p: P): Omit<P, 'startedMs'> {
-  const shown: Partial<P> = { ...p };
+function withoutClock(p: ResyncReport): ResyncStatus {
+  const shown: Partial<ResyncReport> = { ...p };
   delete shown.startedMs;
-  return shown as Omit<P, 'startedMs'>;
+  return shown as ResyncStatus;
 }
 
 function summary(p: ResyncProgress): Record<string, unknown> {

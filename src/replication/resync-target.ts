@@ -12,22 +12,10 @@ import type { Logger } from '../util/log';
 import { replicationLimits } from './limits';
 import type { PeerSession } from './peer-session';
 import type { RangeLocks } from './range-locks';
+import type { ResyncStatus } from './status';
 
-export interface ResyncProgress {
-  totalBytes: number;
-  doneBytes: number;
-  rateBytesPerSecond: number;
-  etaSeconds: number | null;
-  /** data that crossed the link */
-  sentBytes: number;
-  /** ranges that travelled as zero commands */
-  zeroBytes: number;
-  /** blocks whose hashes matched: nothing travelled */
-  skippedBytes: number;
-  startedAt: string;
-  finishedAt: string | null;
-  startedMs: number;
-}
+/** a resync's figures as it runs (status.ts ResyncStatus without who and how), and its start on the clock */
+export type ResyncProgress = Omit<ResyncStatus, 'direction' | 'mode'> & { startedMs: number };
 
 export interface ResyncTargetOptions {
   readonly mode: 'bitmap' | 'full';

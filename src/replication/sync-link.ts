@@ -113,7 +113,6 @@ export class SyncLink {
   }
 
   get closed(): boolean { return this.closedReason !== undefined; }
-  get closeReason(): string | undefined { return this.closedReason; }
 
   /** Starts delivering messages (call once the owner is ready for them). */
   start(handler: MessageHandler): void {
@@ -142,11 +141,6 @@ export class SyncLink {
     }
     for (const p of parts) { s.write(p); this.bytesSent += p.length; }
     return true;
-  }
-
-  /** bytes queued in the stream, not yet handed to the kernel */
-  get queuedBytes(): number {
-    return (this.stream as Duplex & { writableLength: number }).writableLength;
   }
 
   /** Stops reading (the receiver is over its budget); every pause needs one resume. */

@@ -24,43 +24,9 @@ export const VOLUME = 'vol0';
 
 // ---------------------------------------------------------------- the documented status JSON
 
-export interface ResyncStatus {
-  direction: 'to-peer' | 'from-peer';
-  mode: 'bitmap' | 'full';
-  totalBytes: number;
-  doneBytes: number;
-  rateBytesPerSecond: number;
-  etaSeconds: number | null;
-  sentBytes: number;
-  zeroBytes: number;
-  skippedBytes: number;
-  startedAt: string;
-  finishedAt: string | null;
-}
+import type { NodeStatus, VolumeStatus } from '../../src/replication/status';
 
-export interface VolumeStatus {
-  name: string;
-  role: 'PRIMARY' | 'SECONDARY';
-  state: 'PRIM' | 'SECOND' | 'ALONE' | 'SYNCING' | 'SPLIT-BRAIN' | 'WAIT';
-  diskState: string;
-  peerDiskState: string | null;
-  connection: 'connecting' | 'connected' | 'standalone';
-  cacheMode: 'write-back' | 'write-through';
-  size: number;
-  outOfSyncBytes: number;
-  generations: { current: string; bitmap: string; history: string[] };
-  resync: ResyncStatus | null;
-  lastResync: ResyncStatus | null;
-  splitBrain: unknown;
-  error?: unknown;
-  counters: Record<string, number>;
-}
-
-export interface NodeStatus {
-  node: string;
-  peer: { name: string; connected: boolean };
-  volumes: VolumeStatus[];
-}
+export type { NodeStatus, ResyncStatus, VolumeStatus } from '../../src/replication/status';
 
 export interface VerifyResult {
   checkedBytes: number;
@@ -508,31 +474,4 @@ export async function withCluster<T>(o: ClusterOptions, fn: (c: Cluster) => Prom
   }
 }
 
-/** SHA-256 of a file, read in 4 MiB pieces. */
-export function sha256File(file: string): string {
-  const h = crypto.createHash('sha256');
-  const fd = fs.openSync(file, 'r');
-  try {
-    const buf = Buffer.alloc(4 * MiB);
-    for (;;) {
-      const n = fs.readSync(fd, buf, 0, buf.length, null);
-      if (n === 0) break;
-      h.update(buf.subarray(0, n));
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  return h.digest('hex');
-}
-
-/** length bytes of a file at offset */
-export function readFileRange(file: string, offset: number, length: number): Buffer {
-  const fd = fs.openSync(file, 'r');
-  try {
-    const buf = Buffer.alloc(length);
-    const n = fs.readSync(fd, buf, 0, length, offset);
-    return buf.subarray(0, n);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
+export { readFileRange, sha256File } from './files';

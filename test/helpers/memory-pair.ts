@@ -94,7 +94,7 @@ export class MemNode {
     readonly applyBudget: ByteBudget,
   ) {
     // the daemon ticks every min(250, pingIntervalMs): session deadlines, metadata, resync checkpoints
-    this.ticker = setInterval(() => this.replica.tick(), 50);
+    this.ticker = setInterval(() => { this.session?.tick(Date.now()); this.replica.tick(); }, 50);
   }
 
   get name(): string { return this.o.name; }

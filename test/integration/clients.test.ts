@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { test } from 'node:test';
+import { sha256File } from '../helpers/files';
 import { run, type RunResult } from '../helpers/run';
 import { startServe, tempDir, type ServeProcess } from '../helpers/serve-process';
 
@@ -95,22 +96,6 @@ interface MapExtent { offset: number; length: number; type: number; description:
 async function nbdMap(srv: ServeProcess, uri: string): Promise<MapExtent[]> {
   const r = await client(srv, 'nbdinfo', ['--map', '--json', uri]);
   return JSON.parse(r.stdout) as MapExtent[];
-}
-
-function sha256File(file: string): string {
-  const h = crypto.createHash('sha256');
-  const fd = fs.openSync(file, 'r');
-  try {
-    const buf = Buffer.alloc(4 * MiB);
-    for (;;) {
-      const n = fs.readSync(fd, buf, 0, buf.length, null);
-      if (n === 0) break;
-      h.update(buf.subarray(0, n));
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  return h.digest('hex');
 }
 
 function allocatedBytes(file: string): number {

@@ -1,0 +1,60 @@
+// The status JSON of docs/mirroring.md, typed once: the API, the CLI, the
+// tests and the bench all read this shape.
+import type { DiskState, Generations } from '../storage/metadata';
+
+export type Role = 'PRIMARY' | 'SECONDARY';
+export type CacheMode = 'write-back' | 'write-through';
+export type VolumeState = 'PRIM' | 'SECOND' | 'ALONE' | 'SYNCING' | 'SPLIT-BRAIN' | 'WAIT';
+export type Connection = 'connecting' | 'connected' | 'standalone';
+
+export interface ResyncStatus {
+  direction: 'to-peer' | 'from-peer';
+  mode: 'bitmap' | 'full';
+  totalBytes: number;
+  doneBytes: number;
+  rateBytesPerSecond: number;
+  etaSeconds: number | null;
+  /** data that crossed the link */
+  sentBytes: number;
+  /** ranges that travelled as zero commands */
+  zeroBytes: number;
+  /** blocks whose hashes matched: nothing travelled */
+  skippedBytes: number;
+  startedAt: string;
+  finishedAt: string | null;
+}
+
+export interface VolumeCounters {
+  writes: number;
+  writeBytes: number;
+  peerWriteBytes: number;
+  peerZeroBytes: number;
+  resyncBytes: number;
+  resyncZeroBytes: number;
+  resyncSkippedBytes: number;
+}
+
+export interface VolumeStatus {
+  name: string;
+  role: Role;
+  state: VolumeState;
+  diskState: DiskState;
+  peerDiskState: DiskState | null;
+  connection: Connection;
+  cacheMode: CacheMode;
+  size: number;
+  outOfSyncBytes: number;
+  generations: Generations;
+  resync: ResyncStatus | null;
+  lastResync: ResyncStatus | null;
+  splitBrain: { reason: string; since: string } | null;
+  error: string | null;
+  counters: VolumeCounters;
+}
+
+export interface NodeStatus {
+  node: string;
+  cluster: string;
+  peer: { name: string; connected: boolean };
+  volumes: VolumeStatus[];
+}
