@@ -1,0 +1,126 @@
+// The cluster machine's inputs and outputs (docs/cluster.md). The machine is
+// pure: step(state, event) returns the next state and the actions the daemon
+// must carry out; every event carries `now`, a monotonic clock in ms.
+import type { DiskState } from '../storage/metadata';
+
+export type FencingPolicy = 'none' | 'ignore' | 'manual' | 'fence' | 'witness';
+
+export interface PoolSpec {
+  readonly name: string;
+  readonly volumes: readonly string[];
+  /** the node that owns the pool when the cluster is new; with autoFailback, where it returns */
+  readonly preferredNode: string;
+  readonly autoFailback: boolean;
+}
+
+export interface MachineConfig {
+  readonly self: string;
+  readonly peer: string;
+  readonly policy: FencingPolicy;
+  readonly pools: readonly PoolSpec[];
+  /** = the heartbeat timeout: how long a lease lasts after the send time of the message it rests on */
+  readonly leaseMs: number;
+  /** added to leaseMs before a takeover under the witness policy */
+  readonly takeoverMarginMs: number;
+  readonly fenceRetryMs: number;
+  readonly claimRetryMs: number;
+  /** at start, how long to wait to meet the peer before acting on the policy alone */
+  readonly startWaitMs: number;
+  /** a witness request unanswered this long counts as refused */
+  readonly witnessTimeoutMs: number;
+}
+
+/** What the machine persists per pool (the daemon writes it atomically before acting on it). */
+export interface PoolRecord {
+  readonly owner: string;
+  readonly term: number;
+}
+
+export interface PersistedState {
+  readonly pools: Readonly<Record<string, PoolRecord>>;
+  readonly maintenance: boolean;
+}
+
+/**
+ * A pool as this node sees it:
+ * - ACTIVE: owned here, volumes PRIMARY, exports up, writes accepted
+ * - ACTIVATING / DEACTIVATING: the daemon is carrying out activate / deactivate
+ * - SUSPENDED: owned here, but writes fail (lease lost, fence failed, policy says so)
+ * - STANDBY: owned by the peer; volumes SECONDARY here
+ * - TAKING-OVER: the peer is down; fencing or claiming before activating here
+ * - ORPHANED: the peer (owner) is down and the policy forbids a takeover: waiting for the peer or an operator
+ * - INACTIVE: owned here but activation failed; `reason` says why
+ */
+export type PoolPhase = 'ACTIVE' | 'ACTIVATING' | 'DEACTIVATING' | 'SUSPENDED' | 'STANDBY' | 'TAKING-OVER' | 'ORPHANED' | 'INACTIVE';
+
+/** Per volume facts the replicas report (on change). */
+export interface VolumeFacts {
+  readonly diskState: DiskState;
+  /** mirroring with the peer right now */
+  readonly connected: boolean;
+  /** connected, no resync running or pending, both copies UpToDate */
+  readonly inSync: boolean;
+}
+
+/** Messages between the two machines, carried over the sync link (CLUSTER message). */
+export type PeerMessage =
+  /** sent on every (re)connect and after every change of owner, term or maintenance */
+  | { readonly kind: 'state'; readonly pools: Readonly<Record<string, PoolRecord>>; readonly maintenance: boolean }
+  /** planned switchover: the sender has deactivated the pool and hands it over at `term` */
+  | { readonly kind: 'handover'; readonly pool: string; readonly term: number };
+
+export type Command =
+  | { readonly kind: 'promote'; readonly pool: string; readonly force: boolean }
+  | { readonly kind: 'demote'; readonly pool: string }
+  | { readonly kind: 'swap'; readonly pool: string }
+  | { readonly kind: 'maintenance'; readonly on: boolean };
+
+export type WitnessRequest = 'claim' | 'alone' | 'clear-alone' | 'clear-fenced';
+
+export type MachineEvent =
+  | { readonly type: 'start'; readonly now: number; readonly persisted: PersistedState | null }
+  /**
+   * Sent every heartbeat interval. peerAckSentAt / witnessAckSentAt: the local send time of the
+   * newest heartbeat the peer echoed / of the newest RENEW the witness granted (null: none yet).
+   */
+  | { readonly type: 'tick'; readonly now: number; readonly peerAckSentAt: number | null; readonly witnessAckSentAt: number | null }
+  | { readonly type: 'peer-up'; readonly now: number; readonly incarnation: number }
+  | { readonly type: 'peer-down'; readonly now: number; readonly lastHeardAt: number }
+  | { readonly type: 'links'; readonly now: number; readonly up: number; readonly total: number }
+  | { readonly type: 'peer-message'; readonly now: number; readonly message: PeerMessage }
+  | { readonly type: 'volume'; readonly now: number; readonly name: string; readonly facts: VolumeFacts }
+  | { readonly type: 'activated'; readonly now: number; readonly pool: string; readonly ok: boolean; readonly error?: string }
+  | { readonly type: 'deactivated'; readonly now: number; readonly pool: string }
+  | { readonly type: 'fence-done'; readonly now: number; readonly ok: boolean; readonly detail: string }
+  | { readonly type: 'witness-reply'; readonly now: number; readonly request: WitnessRequest; readonly granted: boolean; readonly reason: string }
+  /** a replica must acknowledge a write the peer did not take: may it? answered by an 'alone-decision' */
+  | { readonly type: 'alone-request'; readonly now: number; readonly volume: string; readonly id: number }
+  | { readonly type: 'command'; readonly now: number; readonly id: number; readonly command: Command };
+
+export type MachineAction =
+  /** promote the pool's volumes, then start its exports; answer with 'activated' */
+  | { readonly type: 'activate'; readonly pool: string; readonly term: number }
+  /** stop the pool's exports, flush and demote its volumes; answer with 'deactivated' */
+  | { readonly type: 'deactivate'; readonly pool: string }
+  /** client writes to the pool's volumes fail until 'resume' */
+  | { readonly type: 'suspend'; readonly pool: string; readonly reason: string }
+  | { readonly type: 'resume'; readonly pool: string }
+  /** run the fence command against the peer; answer with 'fence-done' */
+  | { readonly type: 'fence' }
+  /** send a witness request; answer with 'witness-reply' (a timeout is a refusal) */
+  | { readonly type: 'witness'; readonly request: WitnessRequest }
+  | { readonly type: 'alone-decision'; readonly volume: string; readonly id: number; readonly allow: boolean }
+  | { readonly type: 'send-peer'; readonly message: PeerMessage }
+  /** write this state atomically before carrying out the actions after it */
+  | { readonly type: 'persist'; readonly state: PersistedState }
+  | { readonly type: 'command-result'; readonly id: number; readonly ok: boolean; readonly message: string }
+  | { readonly type: 'log'; readonly level: 'info' | 'warn' | 'error'; readonly event: string; readonly message: string };
+
+export interface PoolView {
+  readonly name: string;
+  readonly owner: string;
+  readonly term: number;
+  readonly phase: PoolPhase;
+  /** why the pool is SUSPENDED, ORPHANED or INACTIVE */
+  readonly reason: string | null;
+}
