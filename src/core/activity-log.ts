@@ -8,6 +8,9 @@
 // At most one transaction is being persisted at a time: a write that needs a
 // new extent meanwhile, or touches one the pending transaction adds, must wait
 // for the commit. Otherwise it could start before its extent is durable.
+// Group commit: the extents such writes need are queued, and the next
+// transaction adds them all at once, so N writers waiting behind one commit
+// cost one more transaction, not N.
 import { ActivityLogError, encodeRecord, type ActivityLogGeometry } from './activity-log-journal';
 
 export {
@@ -44,6 +47,8 @@ export class ActivityLog {
   /** active extent → writes in flight; Map order is least recently used first */
   private readonly active = new Map<number, number>();
   private pending: AlTransaction | undefined;
+  /** extents wanted by writes that waited for the pending commit, in arrival order */
+  private readonly queued = new Set<number>();
   private sequence: number;
 
   /** An empty log whose first transaction gets `nextSequence` (after recovery: the recovered sequence + 1). */
@@ -65,17 +70,26 @@ export class ActivityLog {
       for (const e of touched) this.touch(e, 1);
       return { kind: 'ready' };
     }
-    if (this.pending !== undefined) return { kind: 'wait', reason: 'committing' };
-    const room = this.geometry.extentsMax - this.active.size - missing.length;
-    const evicted: number[] = [];
-    for (const [e, inFlight] of this.active) {
-      if (evicted.length >= -room) break;
-      if (inFlight === 0 && !touched.includes(e)) evicted.push(e);
+    if (this.pending !== undefined) {
+      for (const e of missing) if (this.queued.size < this.geometry.extentsMax) this.queued.add(e);
+      return { kind: 'wait', reason: 'committing' };
     }
-    if (evicted.length < -room) return { kind: 'wait', reason: 'busy' };
+    const evictable: number[] = [];
+    for (const [e, inFlight] of this.active) if (inFlight === 0 && !touched.includes(e)) evictable.push(e);
+    const free = this.geometry.extentsMax - this.active.size + evictable.length;
+    if (free < missing.length) return { kind: 'wait', reason: 'busy' };
+    // queued extents ride along while there is room; they stay idle until their writers retry
+    const added = [...missing];
+    for (const e of this.queued) {
+      if (added.length >= free) break;
+      if (!this.active.has(e) && !added.includes(e)) added.push(e);
+    }
+    this.queued.clear();
+    const evicted = evictable.slice(0, Math.max(0, this.active.size + added.length - this.geometry.extentsMax));
     for (const e of evicted) this.active.delete(e);
+    for (const e of added) if (!touched.includes(e)) this.touch(e, 0);
     for (const e of touched) this.touch(e, 1);
-    return { kind: 'persist', transaction: this.transaction(missing, evicted) };
+    return { kind: 'persist', transaction: this.transaction(added.sort((a, b) => a - b), evicted) };
   }
 
   /** Ends a write admitted by beginWrite (whether or not it was carried out). */

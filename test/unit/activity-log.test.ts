@@ -54,7 +54,7 @@ test('crc32c matches the standard check value', () => {
 
 test('geometry defaults and limits', () => {
   const d = activityLogGeometry({ volumeBytes: 1 << 30 });
-  assert.deepEqual(d, { volumeBytes: 1 << 30, extentBytes: 4 * MiB, extentsMax: 257, journalSlots: 8 });
+  assert.deepEqual(d, { volumeBytes: 1 << 30, extentBytes: 4 * MiB, extentsMax: 1017, journalSlots: 8 });
   assert.equal(activityLogLimits.recordExtentsMax, 1017);
   assert.throws(() => activityLogGeometry({ volumeBytes: MiB, extentBytes: 3 * MiB }), isAlError('ERR_AL_GEOMETRY'));
   assert.throws(() => activityLogGeometry({ volumeBytes: MiB, extentsMax: 1018 }), isAlError('ERR_AL_GEOMETRY'));
@@ -110,6 +110,37 @@ test('while a transaction is being persisted, writes that depend on it wait', ()
   j.persist(log, t);
   assert.equal(log.beginWrite(MiB + 1, 1).kind, 'ready');
   assert.throws(() => log.commit(t), isAlError('ERR_AL_TRANSACTION'), 'a transaction commits once');
+});
+
+test('writes that waited for a commit share the next transaction (group commit)', () => {
+  const g6 = activityLogGeometry({ volumeBytes: 16 * MiB, extentBytes: MiB, extentsMax: 6, journalSlots: 4 });
+  const log = new ActivityLog(g6);
+  const j = new Journal(g6);
+  const first = persisted(log.beginWrite(0, 1));
+  for (const e of [1, 2, 3]) assert.deepEqual(log.beginWrite(e * MiB, 1), { kind: 'wait', reason: 'committing' });
+  j.persist(log, first);
+  // the first writer to retry persists one transaction for all three waiting writers
+  const next = persisted(log.beginWrite(MiB, 1));
+  assert.deepEqual(next.added, [1, 2, 3]);
+  assert.deepEqual(log.beginWrite(2 * MiB, 1), { kind: 'wait', reason: 'committing' }, 'not durable until that commit');
+  j.persist(log, next);
+  assert.equal(log.beginWrite(2 * MiB, 1).kind, 'ready');
+  assert.equal(log.beginWrite(3 * MiB, 1).kind, 'ready');
+  assert.deepEqual(j.recover().extents, [0, 1, 2, 3]);
+  assert.equal(log.inFlight(1), 1);
+});
+
+test('group commit never takes more extents than there is room for, and evicts only idle ones', () => {
+  const log = new ActivityLog(g); // three extents
+  const j = new Journal(g);
+  const first = persisted(log.beginWrite(0, 1));
+  for (const e of [4, 5, 6, 7]) assert.equal(log.beginWrite(e * MiB, 1).kind, 'wait');
+  j.persist(log, first);
+  // extent 0 has a write in flight: room for two, the retrying writer's own extent first
+  const next = persisted(log.beginWrite(7 * MiB, 1));
+  assert.deepEqual(next.added, [4, 7]);
+  assert.deepEqual(next.evicted, []);
+  assert.deepEqual(next.extents, [0, 4, 7]);
 });
 
 test('shrink empties the log once no write is in flight', () => {
