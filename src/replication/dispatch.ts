@@ -1,5 +1,5 @@
 // Where each message from the peer goes: acknowledgements to the session,
-// FLUSH to every volume, the rest to its volume. Shared by the node daemon
+// FLUSH to every volume, CLUSTER to the cluster machine, the rest to its volume. Shared by the node daemon
 // and anything else that joins replicas to a link (the in-memory tests).
 import { SyncMessageType, SyncVolumeRefusal, type SyncMessage } from '../protocol/sync/messages';
 import type { Logger } from '../util/log';
@@ -15,6 +15,8 @@ export interface DispatchContext {
   replicas(): Iterable<Replica>;
   /** the volume with this wire id, if this node has it */
   replica(wireId: Buffer): Replica | undefined;
+  /** a CLUSTER message for the cluster machine; without one, CLUSTER messages end the link */
+  cluster?(json: string): void;
 }
 
 export function dispatchPeerMessage(ctx: DispatchContext, session: PeerSession, m: SyncMessage): void {
@@ -34,6 +36,10 @@ export function dispatchPeerMessage(ctx: DispatchContext, session: PeerSession, 
       }).then((status) => session.link.send({ type: SyncMessageType.FLUSH_ACK, requestId: m.requestId, status }));
       return;
     }
+    case SyncMessageType.CLUSTER:
+      if (ctx.cluster === undefined) session.link.close('unexpected CLUSTER message');
+      else ctx.cluster(m.json);
+      return;
   }
   if (!('volumeId' in m)) {
     session.link.close(`unexpected ${m.type} message`);

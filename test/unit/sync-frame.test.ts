@@ -143,6 +143,8 @@ const arbMessage: fc.Arbitrary<SyncMessage> = fc.oneof(
   bytes(16).map((volumeId) => ({ type: M.RESYNC_DONE, volumeId })),
   fc.record({ volumeId: bytes(16), code: fc.integer({ min: 1, max: 0xffffffff }), reason: fc.oneof(fc.constant(''), text(1024, false)) })
     .map((m) => ({ type: M.VOLUME_REFUSED, ...m })),
+  fc.jsonValue({ maxDepth: 3 }).map((v) => ({ type: M.CLUSTER, json: JSON.stringify(v) }))
+    .filter((m) => Buffer.byteLength(m.json) <= 64 * 1024 && Buffer.from(m.json).toString() === m.json),
 ) as fc.Arbitrary<SyncMessage>;
 
 // ---------------------------------------------------------------- golden bytes

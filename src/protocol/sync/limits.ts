@@ -27,6 +27,8 @@ export interface SyncLimits {
   /** the region size of a BITMAP is a power of two in [min, max] (as core/dirty-bitmap's) */
   readonly bitmapRegionBytesMin: number;
   readonly bitmapRegionBytesMax: number;
+  /** one CLUSTER message (a JSON document between the cluster machines) */
+  readonly clusterMessageBytesMax: number;
   /** the cluster secret both nodes share */
   readonly clusterSecretBytesMin: number;
   readonly clusterSecretBytesMax: number;
@@ -60,6 +62,7 @@ export const syncLimits: SyncLimits = {
   bitmapChunkBytesMax: 1024 * 1024,
   bitmapRegionBytesMin: 4096,
   bitmapRegionBytesMax: 1024 * 1024 * 1024,
+  clusterMessageBytesMax: 64 * 1024,
   clusterSecretBytesMin: 16,
   clusterSecretBytesMax: 1024,
 

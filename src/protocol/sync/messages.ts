@@ -30,6 +30,7 @@ export const SyncMessageType = {
   BITMAP: 39,
   RESYNC_DONE: 40,
   VOLUME_REFUSED: 41,
+  CLUSTER: 48,
 } as const;
 export type SyncMessageType = (typeof SyncMessageType)[keyof typeof SyncMessageType];
 
@@ -190,10 +191,16 @@ export interface VolumeRefused {
   readonly reason: string;
 }
 
+/**
+ * A message between the two nodes' cluster machines (docs/cluster.md): a UTF-8 JSON document.
+ * The codec checks only its size and that it is JSON; the cluster layer checks its shape.
+ */
+export interface Cluster { readonly type: T['CLUSTER']; readonly json: string }
+
 export type SyncMessage =
   | Hello | Auth | AuthOk | Reject | Ping | Pong | Write | WriteAck | Zero | Trim | Flush | FlushAck
   | Generations | ResyncRequest | ResyncData | ResyncZero | HashRequest | HashReply
-  | ResyncStart | Bitmap | ResyncDone | VolumeRefused;
+  | ResyncStart | Bitmap | ResyncDone | VolumeRefused | Cluster;
 
 const NAMES = new Map<number, string>(Object.entries(SyncMessageType).map(([k, v]) => [v, k]));
 
@@ -690,7 +697,29 @@ const specs: Specs = {
       return { type: SyncMessageType.VOLUME_REFUSED, volumeId, code, reason };
     },
   },
+  [SyncMessageType.CLUSTER]: {
+    max: (l) => l.clusterMessageBytesMax,
+    check: (m, l) => { const r = jsonReason(m.json, l.clusterMessageBytesMax); return r === undefined ? undefined : `json ${r}`; },
+    encode: (m) => [Buffer.from(m.json, 'utf8')],
+    decode: (r, l) => {
+      const json = r.text(r.remaining, l.clusterMessageBytesMax, 'json', true);
+      const why = jsonReason(json, l.clusterMessageBytesMax);
+      if (why !== undefined) r.fail(`json ${why}`);
+      return { type: SyncMessageType.CLUSTER, json };
+    },
+  },
 };
+
+function jsonReason(s: string, max: number): string | undefined {
+  const t = textReason(s, max, true);
+  if (t !== undefined) return t;
+  try {
+    JSON.parse(s);
+    return undefined;
+  } catch {
+    return 'is not JSON';
+  }
+}
 
 function specOf(type: number): Spec<SyncMessage> | undefined {
   return isSyncMessageType(type) ? (specs[type] as Spec<SyncMessage>) : undefined;
