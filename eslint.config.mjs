@@ -11,8 +11,8 @@ export default tseslint.config(
     },
   },
   {
-    // The protocol codecs and the core state machines are pure: no sockets, files, timers or clocks.
-    files: ['src/protocol/**/*.ts', 'src/core/**/*.ts'],
+    // The protocol codecs and the core and cluster state machines are pure: no sockets, files, timers or clocks.
+    files: ['src/protocol/**/*.ts', 'src/core/**/*.ts', 'src/cluster/liveness.ts', 'src/cluster/machine*.ts', 'src/cluster/witness-rules.ts'],
     rules: {
       'no-restricted-imports': ['error', { patterns: [
         { group: ['node:*', 'fs', 'net', 'dgram', 'child_process', 'timers', 'os', '../io/*', '../../io/*', '../storage/*', '../../storage/*',
@@ -24,13 +24,13 @@ export default tseslint.config(
     },
   },
   {
-    // The sync link MACs its frames and derives its session keys: node:crypto is
-    // the one node module src/protocol/sync may import. The other restrictions stay.
-    files: ['src/protocol/sync/**/*.ts'],
+    // The sync link, heartbeats and witness requests are MAC'd with derived keys:
+    // node:crypto is the one node module their codecs may import. The other restrictions stay.
+    files: ['src/protocol/sync/**/*.ts', 'src/protocol/heartbeat/**/*.ts', 'src/protocol/witness/**/*.ts'],
     rules: {
       'no-restricted-imports': ['error', { patterns: [
         { group: ['node:*', '!node:crypto', 'fs', 'net', 'dgram', 'child_process', 'timers', 'os', '../io/*', '../../io/*', '../storage/*', '../../storage/*'],
-          message: 'protocol/ is pure: I/O belongs in io/ or storage/ (src/protocol/sync may import node:crypto only)' },
+          message: 'protocol/ is pure: I/O belongs in io/ or storage/ (the MAC codecs may import node:crypto only)' },
       ] }],
     },
   },

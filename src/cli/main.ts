@@ -8,6 +8,7 @@ import { runDemo } from './demo';
 import { UsageError } from './errors';
 import { nodeUsage, runNode } from './node';
 import { parseServeArgs, runServe, serveUsage } from './serve';
+import { runWitness, witnessUsage } from './witness';
 
 const usage = `usage: tandem COMMAND [OPTIONS]
 
@@ -19,6 +20,7 @@ commands:
   resolve   after a split brain, discard one node's changes
   promote, demote, connect, disconnect   per-volume operator commands
   serve     serve volumes over NBD without a cluster (tandem serve --help)
+  witness   run the tiebreaker of two-node clusters (tandem witness --help)
   version   print the version
   help      this text`;
 
@@ -37,6 +39,9 @@ export async function main(argv: string[]): Promise<number> {
         return await runServe(parseServeArgs(rest));
       case 'node':
         return await runNode(rest);
+      case 'witness':
+        if (rest.includes('--help') || rest.includes('-h')) { process.stdout.write(witnessUsage + '\n'); return 0; }
+        return await runWitness(rest);
       case 'status':
       case 'verify':
       case 'resolve':
@@ -62,7 +67,7 @@ export async function main(argv: string[]): Promise<number> {
     }
   } catch (e) {
     if (e instanceof UsageError) {
-      const help = command === 'serve' ? serveUsage : command === 'node' ? nodeUsage
+      const help = command === 'serve' ? serveUsage : command === 'node' ? nodeUsage : command === 'witness' ? witnessUsage
         : ['status', 'verify', 'resolve', 'promote', 'demote', 'connect', 'disconnect'].includes(command ?? '') ? adminUsage : usage;
       process.stderr.write(`tandem: ${e.message}\n${help}\n`);
       return 2;

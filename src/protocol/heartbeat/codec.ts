@@ -7,7 +7,6 @@
 //   8 cluster id (16)    24 u64 incarnation  32 u64 seq
 //   40 u64 echo incarnation   48 u64 echo seq   56 u32 link index
 //   60 u8 name length n   61 name (n)   61+n MAC (16)
-// eslint-disable-next-line no-restricted-imports -- the codec MACs its datagrams: node:crypto is its one node module
 import { createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
 import { CodedError } from '../../util/coded-error';
 
