@@ -48,7 +48,9 @@ export interface PersistedState {
  * - SUSPENDED: owned here, but writes fail (lease lost, fence failed, policy says so)
  * - STANDBY: owned by the peer; volumes SECONDARY here
  * - TAKING-OVER: the peer is down; fencing or claiming before activating here
- * - ORPHANED: the peer (owner) is down and the policy forbids a takeover: waiting for the peer or an operator
+ * - ORPHANED: the peer (owner) is down and the policy forbids a takeover: waiting for the peer or an operator.
+ *   Also a pool owned here that nothing will activate by itself: still waiting to meet the peer at start,
+ *   demoted by the operator, or dropped by policy `none` (`reason` says which)
  * - INACTIVE: owned here but activation failed; `reason` says why
  */
 export type PoolPhase = 'ACTIVE' | 'ACTIVATING' | 'DEACTIVATING' | 'SUSPENDED' | 'STANDBY' | 'TAKING-OVER' | 'ORPHANED' | 'INACTIVE';
@@ -65,7 +67,11 @@ export interface VolumeFacts {
 /** Messages between the two machines, carried over the sync link (CLUSTER message). */
 export type PeerMessage =
   /** sent on every (re)connect and after every change of owner, term or maintenance */
-  | { readonly kind: 'state'; readonly pools: Readonly<Record<string, PoolRecord>>; readonly maintenance: boolean }
+  | {
+    readonly kind: 'state'; readonly pools: Readonly<Record<string, PoolRecord>>; readonly maintenance: boolean;
+    /** pools the sender serves now (ACTIVE or SUSPENDED there): shows both sides an owner conflict */
+    readonly active?: readonly string[];
+  }
   /** planned switchover: the sender has deactivated the pool and hands it over at `term` */
   | { readonly kind: 'handover'; readonly pool: string; readonly term: number };
 
@@ -91,8 +97,16 @@ export type MachineEvent =
   | { readonly type: 'volume'; readonly now: number; readonly name: string; readonly facts: VolumeFacts }
   | { readonly type: 'activated'; readonly now: number; readonly pool: string; readonly ok: boolean; readonly error?: string }
   | { readonly type: 'deactivated'; readonly now: number; readonly pool: string }
-  | { readonly type: 'fence-done'; readonly now: number; readonly ok: boolean; readonly detail: string }
-  | { readonly type: 'witness-reply'; readonly now: number; readonly request: WitnessRequest; readonly granted: boolean; readonly reason: string }
+  /**
+   * seq: the seq of the 'fence' / 'witness' action answered. A reply whose seq is not the one in flight
+   * (a fence or CLAIM cancelled when the peer came back, a request the machine already timed out) is
+   * stale and ignored. Without seq, a reply is taken for the request of its kind in flight, if any.
+   */
+  | { readonly type: 'fence-done'; readonly now: number; readonly ok: boolean; readonly detail: string; readonly seq?: number }
+  | {
+    readonly type: 'witness-reply'; readonly now: number; readonly request: WitnessRequest; readonly granted: boolean; readonly reason: string;
+    readonly seq?: number;
+  }
   /** a replica must acknowledge a write the peer did not take: may it? answered by an 'alone-decision' */
   | { readonly type: 'alone-request'; readonly now: number; readonly volume: string; readonly id: number }
   | { readonly type: 'command'; readonly now: number; readonly id: number; readonly command: Command };
@@ -105,10 +119,10 @@ export type MachineAction =
   /** client writes to the pool's volumes fail until 'resume' */
   | { readonly type: 'suspend'; readonly pool: string; readonly reason: string }
   | { readonly type: 'resume'; readonly pool: string }
-  /** run the fence command against the peer; answer with 'fence-done' */
-  | { readonly type: 'fence' }
-  /** send a witness request; answer with 'witness-reply' (a timeout is a refusal) */
-  | { readonly type: 'witness'; readonly request: WitnessRequest }
+  /** run the fence command against the peer; answer with 'fence-done' carrying the same seq */
+  | { readonly type: 'fence'; readonly seq: number }
+  /** send a witness request; answer with 'witness-reply' carrying the same seq (a timeout is a refusal) */
+  | { readonly type: 'witness'; readonly request: WitnessRequest; readonly seq: number }
   | { readonly type: 'alone-decision'; readonly volume: string; readonly id: number; readonly allow: boolean }
   | { readonly type: 'send-peer'; readonly message: PeerMessage }
   /** write this state atomically before carrying out the actions after it */
