@@ -28,7 +28,7 @@ export interface VolumeOptions {
   readonly checksumResync: boolean;
 }
 
-interface Ports { sync: number; api: number; nbd: number }
+interface Ports { sync: number; api: number; nbd: number; heartbeat: number }
 
 const readyTimeoutMs = 60_000;
 /** A node stopping flushes its copy: give it time before SIGKILL. */
@@ -194,14 +194,14 @@ export class BenchCluster {
     for (const n of nodeNames) {
       const host = nodeHosts[n];
       const ports: number[] = [];
-      while (ports.length < 3) {
+      while (ports.length < 4) {
         const p = await freePort(host);
         if (!ports.includes(p)) ports.push(p);
       }
-      const [sync, api, nbd] = ports as [number, number, number];
+      const [sync, api, nbd, heartbeat] = ports as [number, number, number, number];
       const dataDir = path.join(dir, n);
       fs.mkdirSync(dataDir, { recursive: true });
-      nodes[n] = new BenchNode(n, host, { sync, api, nbd }, path.join(dir, `${n}.json`), dataDir);
+      nodes[n] = new BenchNode(n, host, { sync, api, nbd, heartbeat }, path.join(dir, `${n}.json`), dataDir);
     }
     const c = new BenchCluster(dir, nodes.alpha, nodes.beta);
     for (const n of nodeNames) c.writeConfig(n, vol);
@@ -225,6 +225,7 @@ export class BenchCluster {
       peer: { name: peer.name, syncAddress: `${peer.host}:${peer.ports.sync}` },
       // as `tandem demo` sets them
       sync: { pingIntervalMs: 200, timeoutMs: 1000, reconnectMs: 300 },
+      heartbeat: { links: [{ listen: `${me.host}:${me.ports.heartbeat}`, peer: `${peer.host}:${peer.ports.heartbeat}` }] },
       volumes: [{
         name: volumeName, size: vol.size, primary: 'alpha', cacheMode: vol.cacheMode,
         afterSplitBrain: 'disconnect', resyncRate: '0', checksumResync: vol.checksumResync,

@@ -13,6 +13,8 @@ export const adminUsage = `usage: tandem status   --api HOST:PORT [--json]
        tandem demote   VOLUME --api HOST:PORT
        tandem connect  VOLUME --api HOST:PORT
        tandem disconnect VOLUME --api HOST:PORT
+       tandem swap     POOL --api HOST:PORT       (planned switchover to the peer)
+       tandem maintenance on|off --api HOST:PORT  (nothing moves automatically while on)
 --api defaults to $TANDEM_API, then 127.0.0.1:7780.`;
 
 export class ApiCallError extends Error {
@@ -57,7 +59,16 @@ function formatStatus(s: NodeStatus): string {
       lines.push(`  resync ${r.direction}: ${pct}% (${formatSize(r.doneBytes)} of ${formatSize(r.totalBytes)}), ${formatSize(r.rateBytesPerSecond)}/s, eta ${r.etaSeconds ?? '?'} s`);
     }
     if (v.splitBrain !== null) lines.push(`  split brain: ${v.splitBrain.reason}`);
+    if (v.suspended !== null) lines.push(`  writes suspended: ${v.suspended}`);
     if (v.error !== null) lines.push(`  error: ${v.error}`);
+  }
+  const c = s.clusterState;
+  if (c !== undefined) {
+    lines.push('', `fencing ${c.policy}${c.maintenance ? '   MAINTENANCE: nothing moves automatically' : ''}   peer ${c.peer.up ? 'up' : 'DOWN'}, heartbeat links ${c.peer.links.up}/${c.peer.links.total}`);
+    lines.push(['POOL', 'OWNER', 'TERM', 'PHASE', ''].map((h, i) => h.padEnd([12, 12, 6, 14, 0][i] as number)).join(''));
+    for (const p of c.pools) {
+      lines.push([p.name, p.owner, String(p.term), p.phase, p.reason ?? ''].map((x, i) => x.padEnd([12, 12, 6, 14, 0][i] as number)).join(''));
+    }
   }
   return lines.join('\n') + '\n';
 }
@@ -83,6 +94,17 @@ export async function runAdmin(command: string, args: string[]): Promise<number>
     if (positionals.length > 0) throw new UsageError('status takes no volume name');
     const s = await call(values.api, 'GET', '/api/v1/status');
     out(s, formatStatus(s as NodeStatus));
+    return 0;
+  }
+  if (command === 'maintenance') {
+    if (positionals.length !== 1 || (positionals[0] !== 'on' && positionals[0] !== 'off')) throw new UsageError('maintenance takes on or off');
+    out(await call(values.api, 'POST', '/api/v1/maintenance', { on: positionals[0] === 'on' }), `maintenance ${positionals[0]}\n`);
+    return 0;
+  }
+  if (command === 'swap') {
+    if (positionals.length !== 1) throw new UsageError('swap needs exactly one POOL');
+    const r = await call(values.api, 'POST', `/api/v1/pools/${encodeURIComponent(positionals[0] as string)}/swap`, {}) as { message: string };
+    out(r, `${r.message}\n`);
     return 0;
   }
   if (positionals.length !== 1) throw new UsageError(`${command} needs exactly one VOLUME`);

@@ -1,6 +1,8 @@
 // `tandem demo`: two nodes on this machine (loopback addresses 127.0.0.2 and
-// 127.0.0.3), one mirrored volume exported over NBD by the primary. Each node
-// is a real `tandem node start` process, so it can be killed and restarted.
+// 127.0.0.3) and a witness (127.0.0.4); one pool whose mirrored volume the
+// owner exports over NBD on the pool's own address (127.0.0.10). Each node is
+// a real `tandem node start` process, so it can be killed and restarted: the
+// other takes the pool over.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -28,24 +30,41 @@ function writeConfigs(dir: string, size: string): DemoNode[] {
       node: { name: n.name, dataDir: path.join(dir, n.name), syncListen: `${n.ip}:7788`, apiListen: `${n.ip}:7780`, nbdListen: `${n.ip}:10809` },
       peer: { name: peer.name, syncAddress: `${peer.ip}:7788` },
       sync: { pingIntervalMs: 200, timeoutMs: 1000, reconnectMs: 300 },
-      volumes: [{ name: 'vol0', size, primary: 'alpha', cacheMode: 'write-back' }],
+      fencing: { policy: 'witness', witness: WITNESS },
+      volumes: [{ name: 'vol0', size, cacheMode: 'write-back' }],
+      pools: [{ name: 'pool0', volumes: ['vol0'], preferredNode: 'alpha', nbdListen: POOL_NBD }],
     }, null, 2) + '\n', { mode: 0o600 });
     return { ...n, config, logFile: path.join(dir, `${n.name}.log`) };
   });
 }
 
-function startNode(bin: string, n: DemoNode): Promise<ChildProcess> {
-  const log = fs.openSync(n.logFile, 'a');
-  const child = spawn(process.execPath, [bin, 'node', 'start', '--config', n.config], { stdio: ['ignore', 'pipe', log] });
+const WITNESS = '127.0.0.4:7790';
+const POOL_NBD = '127.0.0.10:10809';
+
+function writeWitnessConfig(dir: string): string {
+  const cluster = JSON.parse(fs.readFileSync(path.join(dir, 'cluster.json'), 'utf8')) as { id: string; secret: string };
+  const file = path.join(dir, 'witness.json');
+  fs.writeFileSync(file, JSON.stringify({ stateFile: path.join(dir, 'witness-state.json'), clusters: [cluster] }, null, 2) + '\n', { mode: 0o600 });
+  return file;
+}
+
+/** Starts a child and resolves once its stdout shows `ready`. */
+function startChild(bin: string, args: string[], what: string, logFile: string, ready: string): Promise<ChildProcess> {
+  const log = fs.openSync(logFile, 'a');
+  const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', log] });
   fs.closeSync(log);
   return new Promise((resolve, reject) => {
     let out = '';
     child.stdout?.on('data', (d: Buffer) => {
       out += d.toString();
-      if (out.includes('ready')) resolve(child);
+      if (out.includes(ready)) resolve(child);
     });
-    child.once('exit', (code) => reject(new Error(`node ${n.name} exited with ${code}; see ${n.logFile}`)));
+    child.once('exit', (code) => reject(new Error(`${what} exited with ${code}; see ${logFile}`)));
   });
+}
+
+function startNode(bin: string, n: DemoNode): Promise<ChildProcess> {
+  return startChild(bin, ['node', 'start', '--config', n.config], `node ${n.name}`, n.logFile, 'ready');
 }
 
 export async function runDemo(args: string[], defaultDir: string): Promise<number> {
@@ -70,25 +89,29 @@ export async function runDemo(args: string[], defaultDir: string): Promise<numbe
       c.kill('SIGTERM');
     })));
   };
+  let w: ChildProcess;
   try {
+    w = await startChild(bin, ['witness', '--listen', WITNESS, '--config', writeWitnessConfig(values.dir)], 'the witness', path.join(values.dir, 'witness.log'), 'listening');
+    children.push(w);
     for (const n of nodes) children.push(await startNode(bin, n));
   } catch (e) {
     await stopAll();
     throw e;
   }
-  const [a, b] = children as [ChildProcess, ChildProcess];
-  const url = 'nbd://127.0.0.2:10809/vol0';
-  process.stdout.write(`tandem demo: two nodes, one mirrored volume (files and logs in ${values.dir})
-  alpha  127.0.0.2  pid ${a.pid ?? '?'}  PRIMARY, exports ${url}
-  beta   127.0.0.3  pid ${b.pid ?? '?'}  SECONDARY, receives every write
+  const [a, b] = children.slice(1) as [ChildProcess, ChildProcess];
+  const url = `nbd://${POOL_NBD}/vol0`;
+  process.stdout.write(`tandem demo: two nodes and a witness, one pool with a mirrored volume (files and logs in ${values.dir})
+  alpha    127.0.0.2  pid ${a.pid ?? '?'}  owns pool0: vol0 PRIMARY, exported on ${url}
+  beta     127.0.0.3  pid ${b.pid ?? '?'}  vol0 SECONDARY: receives every write
+  witness  ${WITNESS}  pid ${w.pid ?? '?'}  breaks the tie when the nodes lose each other
 
 Try, in another terminal:
   npx tandem status --api 127.0.0.2:7780          # PRIM / SECOND, resync progress (first: the initial sync)
   qemu-io -f raw -c 'write -P 0xab 0 1M' ${url}    # a write lands on both nodes before it is acknowledged
-  kill -9 ${b.pid ?? 'BETA_PID'}                                      # beta dies: alpha goes on ALONE
-  qemu-io -f raw -c 'write -P 0xcd 1M 1M' ${url}   # written while alone: tracked in alpha's bitmap
-  npx tandem node start --config ${nodes[1]?.config}   # beta returns: only what changed is resynced
-  npx tandem verify vol0 --api 127.0.0.2:7780       # compare both copies block by block
+  kill -9 ${a.pid ?? 'ALPHA_PID'}                                      # alpha dies: beta takes pool0 over in about a second
+  qemu-io -f raw -c 'read -P 0xab 0 1M' ${url}     # same address, now served by beta, with every write
+  npx tandem node start --config ${nodes[0]?.config}   # alpha returns as SECONDARY: only what changed is resynced
+  npx tandem swap pool0 --api 127.0.0.3:7780        # planned switchover back to alpha
 Stop with Ctrl-C.
 
 `);
@@ -96,7 +119,6 @@ Stop with Ctrl-C.
     const stop = (): void => { process.off('SIGINT', stop); process.off('SIGTERM', stop); resolve(); };
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
-    a.once('exit', stop);
   });
   await stopAll();
   return 0;

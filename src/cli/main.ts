@@ -19,6 +19,8 @@ commands:
   verify    compare a volume's two copies block by block (--resync repairs)
   resolve   after a split brain, discard one node's changes
   promote, demote, connect, disconnect   per-volume operator commands
+  swap      hand a pool over to the peer (planned switchover)
+  maintenance on|off   nothing moves automatically while on
   serve     serve volumes over NBD without a cluster (tandem serve --help)
   witness   run the tiebreaker of two-node clusters (tandem witness --help)
   version   print the version
@@ -46,6 +48,8 @@ export async function main(argv: string[]): Promise<number> {
       case 'verify':
       case 'resolve':
       case 'promote':
+      case 'swap':
+      case 'maintenance':
       case 'demote':
       case 'connect':
       case 'disconnect':
@@ -68,7 +72,7 @@ export async function main(argv: string[]): Promise<number> {
   } catch (e) {
     if (e instanceof UsageError) {
       const help = command === 'serve' ? serveUsage : command === 'node' ? nodeUsage : command === 'witness' ? witnessUsage
-        : ['status', 'verify', 'resolve', 'promote', 'demote', 'connect', 'disconnect'].includes(command ?? '') ? adminUsage : usage;
+        : ['status', 'verify', 'resolve', 'promote', 'demote', 'connect', 'disconnect', 'swap', 'maintenance'].includes(command ?? '') ? adminUsage : usage;
       process.stderr.write(`tandem: ${e.message}\n${help}\n`);
       return 2;
     }

@@ -1,6 +1,7 @@
-// The node's HTTP API (JSON): status and the commands of docs/mirroring.md.
+// The node's HTTP API (JSON): status and the commands of docs/mirroring.md and docs/cluster.md.
 // Every request body is bounded and checked; errors are { error: { code, message } }.
 import http from 'node:http';
+import type { Command } from '../cluster/machine-types';
 import type { Logger } from '../util/log';
 import type { HostPort } from './config';
 import type { NodeDaemon } from './daemon';
@@ -52,6 +53,24 @@ function bool(body: Record<string, unknown>, key: string): boolean {
 
 async function route(d: NodeDaemon, method: string, url: string, body: () => Promise<Record<string, unknown>>): Promise<unknown> {
   if (method === 'GET' && url === '/api/v1/status') return d.status();
+  const pm = /^\/api\/v1\/pools\/([^/]+)\/(promote|demote|swap)$/.exec(url);
+  if (pm !== null || url === '/api/v1/maintenance') {
+    if (method !== 'POST') throw new ApiError(405, 'ERR_METHOD', `${url} takes POST`);
+    const b = await body();
+    let command: Command;
+    if (pm === null) {
+      if (typeof b.on !== 'boolean') throw new ApiError(400, 'ERR_BAD_REQUEST', 'on must be true or false');
+      command = { kind: 'maintenance', on: b.on };
+    } else {
+      const pool = decodeURIComponent(pm[1] as string);
+      if (!d.cfg.pools.some((p) => p.name === pool)) throw new ApiError(404, 'ERR_UNKNOWN_POOL', `no pool named ${JSON.stringify(pool)}`);
+      command = pm[2] === 'promote' ? { kind: 'promote', pool, force: bool(b, 'force') }
+        : pm[2] === 'demote' ? { kind: 'demote', pool } : { kind: 'swap', pool };
+    }
+    const r = await d.cluster.command(command);
+    if (!r.ok) throw new ApiError(409, 'ERR_REFUSED', r.message);
+    return { ok: true, message: r.message, cluster: d.cluster.status() };
+  }
   const m = /^\/api\/v1\/volumes\/([^/]+)\/(verify|resolve|promote|demote|connect|disconnect)$/.exec(url);
   if (m === null) throw new ApiError(404, 'ERR_NOT_FOUND', `no such endpoint: ${method} ${url}`);
   if (method !== 'POST') throw new ApiError(405, 'ERR_METHOD', `${url} takes POST`);

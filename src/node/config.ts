@@ -1,5 +1,7 @@
 // The node configuration file (docs/mirroring.md): parsed and checked as a
 // whole, so a bad file is one clear error and the node does not start.
+import type { FencingPolicy } from '../cluster/machine-types';
+import { activityLogDefaults, activityLogLimits } from '../core/activity-log';
 import { parseSplitBrainPolicy, type SplitBrainPolicy } from '../core/generations';
 import type { CacheMode } from '../replication/replica';
 import { parseHostPort } from '../util/address';
@@ -20,6 +22,41 @@ export interface VolumeConfig {
   readonly afterSplitBrain: SplitBrainPolicy;
   readonly resyncRate: number;
   readonly checksumResync: boolean;
+  /** active activity-log extents (4 MiB each): what a crash of the primary may leave to resync (DRBD's al-extents) */
+  readonly activityLogExtents: number;
+}
+
+export interface HeartbeatLinkConfig { readonly listen: HostPort; readonly peer: HostPort }
+
+export interface HeartbeatConfig {
+  readonly intervalMs: number;
+  readonly timeoutMs: number;
+  /** a main thread silent this long stops the heartbeats, so a hung node is failed over */
+  readonly mainStallMs: number;
+  readonly links: readonly HeartbeatLinkConfig[];
+}
+
+export interface FencingConfig {
+  readonly policy: FencingPolicy;
+  /** `fence`: argv of the command that powers the peer off; exit 0 = fenced */
+  readonly command: readonly string[] | null;
+  readonly commandTimeoutMs: number;
+  readonly retryMs: number;
+  /** `witness`: where the witness listens */
+  readonly witness: HostPort | null;
+  readonly witnessTimeoutMs: number;
+  readonly takeoverMarginMs: number;
+  /** at start, how long to wait for the peer before acting alone */
+  readonly startWaitMs: number;
+}
+
+export interface PoolConfig {
+  readonly name: string;
+  readonly volumes: readonly string[];
+  readonly preferredNode: string;
+  readonly autoFailback: boolean;
+  /** where the pool's owner exports its volumes; node.nbdListen when absent */
+  readonly nbdListen: HostPort | null;
 }
 
 export interface NodeConfig {
@@ -30,10 +67,16 @@ export interface NodeConfig {
   };
   readonly peer: { readonly name: string; readonly syncAddress: HostPort };
   readonly sync: { readonly pingIntervalMs: number; readonly timeoutMs: number; readonly reconnectMs: number };
+  readonly heartbeat: HeartbeatConfig;
+  readonly fencing: FencingConfig;
   readonly volumes: readonly VolumeConfig[];
+  /** without a `pools` key, each volume is a pool of its own, named after it */
+  readonly pools: readonly PoolConfig[];
 }
 
-export const configLimits = { volumesMax: 64, fileBytesMax: 1024 * 1024 } as const;
+export const configLimits = { volumesMax: 64, poolsMax: 64, heartbeatLinksMax: 8, fenceArgsMax: 64, fileBytesMax: 1024 * 1024 } as const;
+
+const FENCING_POLICIES: readonly FencingPolicy[] = ['none', 'ignore', 'manual', 'fence', 'witness'];
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 const HEX = /^(?:[0-9a-f]{2})+$/;
@@ -99,7 +142,7 @@ export function parseNodeConfig(text: string): NodeConfig {
   } catch (e) {
     fail('config', `not JSON: ${(e as Error).message}`);
   }
-  const top = obj(raw, 'config', ['cluster', 'node', 'peer', 'sync', 'volumes']);
+  const top = obj(raw, 'config', ['cluster', 'node', 'peer', 'sync', 'heartbeat', 'fencing', 'volumes', 'pools']);
   const c = obj(top.cluster, 'cluster', ['name', 'id', 'secret']);
   const n = obj(top.node, 'node', ['name', 'dataDir', 'syncListen', 'apiListen', 'nbdListen']);
   const p = obj(top.peer, 'peer', ['name', 'syncAddress']);
@@ -114,11 +157,12 @@ export function parseNodeConfig(text: string): NodeConfig {
   if (top.volumes.length > configLimits.volumesMax) fail('volumes', `at most ${configLimits.volumesMax}`);
   const volumes = top.volumes.map((v, i): VolumeConfig => {
     const where = `volumes[${i}]`;
-    const o = obj(v, where, ['name', 'size', 'primary', 'cacheMode', 'afterSplitBrain', 'resyncRate', 'checksumResync']);
+    const o = obj(v, where, ['name', 'size', 'primary', 'cacheMode', 'afterSplitBrain', 'resyncRate', 'checksumResync', 'activityLogExtents']);
     const size0 = size(o, 'size', where);
     if (size0 <= 0) fail(`${where}.size`, 'must be positive');
-    const primary = name(o, 'primary', where);
-    if (primary !== nodeName && primary !== peerName) fail(`${where}.primary`, `must be ${nodeName} or ${peerName}`);
+    // with pools, the pool's preferred node is where a new volume starts (filled in below)
+    const primary = o.primary === undefined && top.pools !== undefined ? '' : name(o, 'primary', where);
+    if (primary !== '' && primary !== nodeName && primary !== peerName) fail(`${where}.primary`, `must be ${nodeName} or ${peerName}`);
     const cacheMode = str(o, 'cacheMode', where, 'write-back');
     if (cacheMode !== 'write-back' && cacheMode !== 'write-through') fail(`${where}.cacheMode`, 'must be write-back or write-through');
     const policy = parseSplitBrainPolicy(str(o, 'afterSplitBrain', where, 'disconnect'));
@@ -128,18 +172,110 @@ export function parseNodeConfig(text: string): NodeConfig {
     return {
       name: name(o, 'name', where), size: size0, primary, cacheMode, afterSplitBrain: policy,
       resyncRate: size(o, 'resyncRate', where, '0'), checksumResync,
+      activityLogExtents: int(o, 'activityLogExtents', where, activityLogDefaults.extentsMax, 2, activityLogLimits.recordExtentsMax),
     };
   });
   const names = new Set(volumes.map((v) => v.name));
   if (names.size !== volumes.length) fail('volumes', 'volume names must be unique');
+  const syncListen = hostPort(n, 'syncListen', 'node');
+  const syncAddress = hostPort(p, 'syncAddress', 'peer');
+  const heartbeat = parseHeartbeat(top.heartbeat, syncListen, syncAddress);
+  const fencing = parseFencing(top.fencing, heartbeat);
+  const pools = top.pools === undefined
+    ? volumes.map((v): PoolConfig => ({ name: v.name, volumes: [v.name], preferredNode: v.primary, autoFailback: false, nbdListen: null }))
+    : parsePools(top.pools, volumes, [nodeName, peerName]);
+  const poolOf = new Map(pools.flatMap((pc) => pc.volumes.map((v) => [v, pc] as const)));
+  for (const [i, v] of volumes.entries()) {
+    const pc = poolOf.get(v.name) as PoolConfig;
+    if (v.primary === '') volumes[i] = { ...v, primary: pc.preferredNode };
+    else if (v.primary !== pc.preferredNode) fail(`volumes[${i}].primary`, `differs from the preferredNode of pool ${pc.name}: leave it out`);
+  }
   return {
     cluster: { name: name(c, 'name', 'cluster'), id: hex(c, 'id', 'cluster', 16, 16), secret: hex(c, 'secret', 'cluster', 16, 1024) },
     node: {
       name: nodeName, dataDir: str(n, 'dataDir', 'node'),
-      syncListen: hostPort(n, 'syncListen', 'node'), apiListen: hostPort(n, 'apiListen', 'node'), nbdListen: hostPort(n, 'nbdListen', 'node'),
+      syncListen, apiListen: hostPort(n, 'apiListen', 'node'), nbdListen: hostPort(n, 'nbdListen', 'node'),
     },
-    peer: { name: peerName, syncAddress: hostPort(p, 'syncAddress', 'peer') },
+    peer: { name: peerName, syncAddress },
     sync: { pingIntervalMs, timeoutMs, reconnectMs: int(s, 'reconnectMs', 'sync', 500, 10, 600_000) },
+    heartbeat,
+    fencing,
     volumes,
+    pools,
   };
+}
+
+/** Without `links`, one link beside the sync addresses: each side's sync port + 1, over UDP. */
+function parseHeartbeat(v: unknown, syncListen: HostPort, syncAddress: HostPort): HeartbeatConfig {
+  const h = obj(v ?? {}, 'heartbeat', ['intervalMs', 'timeoutMs', 'mainStallMs', 'links']);
+  const intervalMs = int(h, 'intervalMs', 'heartbeat', 200, 10, 60_000);
+  const timeoutMs = int(h, 'timeoutMs', 'heartbeat', 1000, 30, 600_000);
+  if (timeoutMs < 3 * intervalMs) fail('heartbeat.timeoutMs', `must be at least 3 × intervalMs (${3 * intervalMs})`);
+  const mainStallMs = int(h, 'mainStallMs', 'heartbeat', 10_000, timeoutMs, 3_600_000);
+  let links: HeartbeatLinkConfig[];
+  if (h.links === undefined) {
+    if (syncListen.port >= 65535 || syncAddress.port >= 65535) fail('heartbeat.links', 'the sync ports leave no room for the default link (port + 1): list the links');
+    links = [{ listen: { host: syncListen.host, port: syncListen.port + 1 }, peer: { host: syncAddress.host, port: syncAddress.port + 1 } }];
+  } else {
+    if (!Array.isArray(h.links) || h.links.length === 0) fail('heartbeat.links', 'must be a non-empty list');
+    if (h.links.length > configLimits.heartbeatLinksMax) fail('heartbeat.links', `at most ${configLimits.heartbeatLinksMax}`);
+    links = h.links.map((l, i) => {
+      const o = obj(l, `heartbeat.links[${i}]`, ['listen', 'peer']);
+      return { listen: hostPort(o, 'listen', `heartbeat.links[${i}]`), peer: hostPort(o, 'peer', `heartbeat.links[${i}]`) };
+    });
+  }
+  return { intervalMs, timeoutMs, mainStallMs, links };
+}
+
+function parseFencing(v: unknown, hb: HeartbeatConfig): FencingConfig {
+  const where = 'fencing';
+  const f = obj(v ?? {}, where, ['policy', 'command', 'commandTimeoutMs', 'retryMs', 'witness', 'witnessTimeoutMs', 'takeoverMarginMs', 'startWaitMs']);
+  const policy = str(f, 'policy', where, 'manual') as FencingPolicy;
+  if (!FENCING_POLICIES.includes(policy)) fail(`${where}.policy`, `must be one of ${FENCING_POLICIES.join(', ')}`);
+  let command: string[] | null = null;
+  if (f.command !== undefined) {
+    if (!Array.isArray(f.command) || f.command.length === 0 || f.command.length > configLimits.fenceArgsMax ||
+      !f.command.every((a): a is string => typeof a === 'string' && a.length > 0 && !a.includes('\0'))) {
+      fail(`${where}.command`, `must be a list of 1 to ${configLimits.fenceArgsMax} non-empty strings (program, then arguments)`);
+    }
+    command = f.command;
+  }
+  if (policy === 'fence' && command === null) fail(`${where}.command`, 'the fence policy needs a command');
+  const witness = f.witness === undefined ? null : hostPort(f, 'witness', where);
+  if (policy === 'witness' && witness === null) fail(`${where}.witness`, 'the witness policy needs the witness address');
+  return {
+    policy, command, witness,
+    commandTimeoutMs: int(f, 'commandTimeoutMs', where, 30_000, 100, 600_000),
+    retryMs: int(f, 'retryMs', where, 5_000, 100, 600_000),
+    witnessTimeoutMs: int(f, 'witnessTimeoutMs', where, Math.max(hb.intervalMs, 250), 10, 60_000),
+    takeoverMarginMs: int(f, 'takeoverMarginMs', where, hb.intervalMs, 0, 60_000),
+    startWaitMs: int(f, 'startWaitMs', where, 5 * hb.timeoutMs, 0, 3_600_000),
+  };
+}
+
+function parsePools(v: unknown, volumes: readonly VolumeConfig[], nodes: readonly string[]): PoolConfig[] {
+  if (!Array.isArray(v) || v.length === 0) fail('pools', 'must be a non-empty list');
+  if (v.length > configLimits.poolsMax) fail('pools', `at most ${configLimits.poolsMax}`);
+  const owner = new Map<string, string>();
+  const pools = v.map((p, i): PoolConfig => {
+    const where = `pools[${i}]`;
+    const o = obj(p, where, ['name', 'volumes', 'preferredNode', 'autoFailback', 'nbdListen']);
+    const poolName = name(o, 'name', where);
+    if (!Array.isArray(o.volumes) || o.volumes.length === 0) fail(`${where}.volumes`, 'must be a non-empty list of volume names');
+    const vols = o.volumes.map((x, j) => {
+      if (typeof x !== 'string' || !volumes.some((vc) => vc.name === x)) fail(`${where}.volumes[${j}]`, `${JSON.stringify(x)} is not a configured volume`);
+      const taken = owner.get(x);
+      if (taken !== undefined) fail(`${where}.volumes[${j}]`, `volume ${x} is already in pool ${taken}`);
+      owner.set(x, poolName);
+      return x;
+    });
+    const preferredNode = name(o, 'preferredNode', where);
+    if (!nodes.includes(preferredNode)) fail(`${where}.preferredNode`, `must be ${nodes.join(' or ')}`);
+    const autoFailback = o.autoFailback ?? false;
+    if (typeof autoFailback !== 'boolean') fail(`${where}.autoFailback`, 'must be true or false');
+    return { name: poolName, volumes: vols, preferredNode, autoFailback, nbdListen: o.nbdListen === undefined ? null : hostPort(o, 'nbdListen', where) };
+  });
+  if (new Set(pools.map((p) => p.name)).size !== pools.length) fail('pools', 'pool names must be unique');
+  for (const vc of volumes) if (!owner.has(vc.name)) fail('pools', `volume ${vc.name} is in no pool`);
+  return pools;
 }

@@ -18,8 +18,11 @@ import { PeerSession } from '../replication/peer-session';
 import { Replica } from '../replication/replica';
 import type { NodeStatus } from '../replication/status';
 import { establishLink, type SyncLink } from '../replication/sync-link';
+import { SyncMessageType } from '../protocol/sync/messages';
+import type { Command, VolumeFacts } from '../cluster/machine-types';
 import { startApi, type ApiServer } from './api';
-import type { NodeConfig, VolumeConfig } from './config';
+import { ClusterDriver, type ClusterHost } from './cluster-driver';
+import type { HostPort, NodeConfig, PoolConfig, VolumeConfig } from './config';
 
 export function wireVolumeId(clusterId: Buffer, volumeName: string): Buffer {
   return createHash('sha256').update(clusterId).update('\0volume\0').update(volumeName).digest().subarray(0, 16);
@@ -32,7 +35,7 @@ async function openCopy(cfg: NodeConfig, v: VolumeConfig, log: Logger): Promise<
   const backingPath = path.join(dir, `${v.name}.img`);
   // the metadata path is explicit, so a data directory under /dev (e.g. /dev/shm) is not taken for a device
   const loc = { backingPath, metaPath: `${backingPath}.tandem.json` };
-  const geometry = changeTrackingGeometry({ volumeBytes: v.size });
+  const geometry = changeTrackingGeometry({ volumeBytes: v.size, extentsMax: v.activityLogExtents });
   const existing = readMetadata(`${backingPath}.tandem.json`);
   if (existing === undefined) {
     const m = createVolume(loc, v.size);
@@ -61,8 +64,11 @@ export class NodeDaemon {
   private link: SyncLink | undefined;
   private session: PeerSession | undefined;
   private syncServer: net.Server | undefined;
-  private nbd: NbdServer | undefined;
-  private nbdVolumes = '';
+  /** one NBD server per address, each exporting the primary volumes whose pools listen there */
+  private readonly nbd = new Map<string, { server: NbdServer; volumes: string }>();
+  /** volumes whose exports are being taken down ahead of a demotion */
+  private readonly leaving = new Set<string>();
+  readonly cluster: ClusterDriver;
   private api: ApiServer | undefined;
   private ticker: NodeJS.Timeout | undefined;
   private dialTimer: NodeJS.Timeout | undefined;
@@ -78,6 +84,63 @@ export class NodeDaemon {
       log,
       replicas: () => this.replicas.values(),
       replica: (wireId) => this.byWireId.get(wireId.toString('hex')),
+      cluster: (json) => this.cluster.onPeerMessage(json),
+    };
+    this.cluster = new ClusterDriver(cfg, this.clusterHost(), log.child('cluster'));
+  }
+
+  private clusterHost(): ClusterHost {
+    const replicasOf = (p: PoolConfig): Replica[] => p.volumes.map((v) => this.need(v));
+    return {
+      activate: async (p) => {
+        // a meeting under way decides the resync direction: promote after it, not in the middle
+        const deadline = Date.now() + this.cfg.sync.timeoutMs;
+        while (!replicasOf(p).every((r) => r.settled) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+        const done: Replica[] = [];
+        try {
+          for (const r of replicasOf(p)) {
+            // after a handover the peer's demotion reaches this copy with the next meeting, just behind the handover
+            for (;;) {
+              try {
+                await r.promote({ force: false });
+                break;
+              } catch (e) {
+                if ((e as { code?: string }).code !== 'ERR_PEER_PRIMARY' || Date.now() >= deadline) throw e;
+                await new Promise((res) => setTimeout(res, 20));
+              }
+            }
+            done.push(r);
+          }
+          await this.refreshExports();
+        } catch (e) {
+          for (const r of done) await r.demote().catch(() => undefined);
+          await this.refreshExports().catch(() => undefined);
+          throw e;
+        }
+      },
+      deactivate: async (p) => {
+        // clients go first, so nothing is admitted while the roles change
+        for (const v of p.volumes) this.leaving.add(v);
+        try {
+          await this.refreshExports();
+          for (const r of replicasOf(p)) await r.demote();
+        } finally {
+          for (const v of p.volumes) this.leaving.delete(v);
+        }
+        await this.refreshExports();
+      },
+      suspend: (p, reason) => { for (const r of replicasOf(p)) r.suspend(reason); },
+      resume: (p) => { for (const r of replicasOf(p)) r.resume(); },
+      volumeFacts: (v): VolumeFacts => {
+        const r = this.need(v);
+        return { diskState: r.diskState, connected: r.status().connection === 'connected', inSync: r.inSync };
+      },
+      sendPeer: (json) => {
+        const link = this.link;
+        if (link === undefined || link.closed) return false;
+        link.send({ type: SyncMessageType.CLUSTER, json });
+        return true;
+      },
     };
   }
 
@@ -93,14 +156,15 @@ export class NodeDaemon {
           volume, tracking, role: v.primary === cfg.node.name ? 'PRIMARY' : 'SECONDARY', cacheMode: v.cacheMode,
           splitBrainPolicy: v.afterSplitBrain, resyncRateBytesPerSecond: v.resyncRate, checksumResync: v.checksumResync,
           log: this.log.child(v.name), applyBudget: this.applyBudget,
+          alonePolicy: this.cluster.alonePolicy(), roleFromCluster: true,
         });
         r.handshakeTimeoutMs = cfg.sync.timeoutMs;
         this.replicas.set(v.name, r);
         this.byWireId.set(r.wireId.toString('hex'), r);
       }
       this.api = await startApi(this, cfg.node.apiListen, this.log.child('api'));
-      await this.refreshExports();
       await this.listenSync();
+      await this.cluster.start();
     } catch (e) {
       await this.stop();
       throw e;
@@ -123,6 +187,7 @@ export class NodeDaemon {
       cluster: this.cfg.cluster.name,
       peer: { name: this.cfg.peer.name, connected: this.link !== undefined && !this.link.closed },
       volumes: [...this.replicas.values()].map((r) => r.status()),
+      clusterState: this.cluster.status(),
     };
   }
 
@@ -200,66 +265,82 @@ export class NodeDaemon {
     link.onClose((reason) => {
       if (this.session === session) { this.session = undefined; this.link = undefined; }
       this.log.warn('peer disconnected', { peer: link.peerName, reason });
+      this.cluster.onLinkDown();
       for (const r of this.replicas.values()) r.detach(reason);
     });
     for (const r of this.replicas.values()) r.attach(session);
-    // roles change only by promote/demote, which refresh the exports themselves
+    // roles change only by the cluster's activate/deactivate, which refresh the exports themselves
     link.start((m) => dispatchPeerMessage(this.dispatchContext, session, m));
+    this.cluster.onLinkUp();
   }
 
 
-  /** Exports exactly the volumes this node is primary for. */
+  /** Exports exactly the volumes this node is primary for, each on its pool's address. */
   refreshExports(): Promise<void> {
     this.exportsBusy = this.exportsBusy.then(async () => {
-      const primaries = [...this.replicas.values()].filter((r) => r.role === 'PRIMARY');
-      const key = primaries.map((r) => r.name).join(',');
-      if (key === this.nbdVolumes && (this.nbd !== undefined || primaries.length === 0)) return;
-      if (this.nbd !== undefined) {
-        await this.nbd.shutdown();
-        this.nbd = undefined;
-      }
-      this.nbdVolumes = key;
-      if (primaries.length === 0 || this.stopping) return;
-      const exports: ServedExport[] = primaries.map((r) => ({ name: r.name, description: `tandem volume ${r.name}`, backend: r.backendForExport() }));
-      const first = primaries[0] as Replica;
-      exports.push({ name: '', description: `tandem volume ${first.name}`, backend: first.backendForExport() });
-      const server = new NbdServer({ exports, log: this.log.child('nbd') });
-      const { host, port } = this.cfg.node.nbdListen;
-      // the port may still be held briefly by the server just closed
-      for (let attempt = 0; ; attempt++) {
-        try {
-          await server.listen(host, port);
-          break;
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= 50) throw e;
-          await new Promise((res) => setTimeout(res, 100));
+      const wanted = new Map<string, { at: HostPort; replicas: Replica[] }>();
+      if (!this.stopping) {
+        for (const p of this.cfg.pools) {
+          const at = p.nbdListen ?? this.cfg.node.nbdListen;
+          for (const v of p.volumes) {
+            const r = this.need(v);
+            if (r.role !== 'PRIMARY' || this.leaving.has(v)) continue;
+            const key = `${at.host}:${at.port}`;
+            const w = wanted.get(key) ?? { at, replicas: [] };
+            w.replicas.push(r);
+            wanted.set(key, w);
+          }
         }
       }
-      this.nbd = server;
-      this.log.info('exporting', { volumes: key, nbd: `${host}:${port}` });
+      for (const [key, running] of [...this.nbd]) {
+        if (wanted.get(key)?.replicas.map((r) => r.name).join(',') === running.volumes) continue;
+        await running.server.shutdown();
+        this.nbd.delete(key);
+        this.log.info('export stopped', { volumes: running.volumes, nbd: key });
+      }
+      for (const [key, w] of wanted) {
+        if (this.nbd.has(key)) continue;
+        await this.startExport(key, w.at, w.replicas);
+      }
     });
     return this.exportsBusy;
   }
 
+  private async startExport(key: string, at: HostPort, replicas: Replica[]): Promise<void> {
+    const exports: ServedExport[] = replicas.map((r) => ({ name: r.name, description: `tandem volume ${r.name}`, backend: r.backendForExport() }));
+    const first = replicas[0] as Replica;
+    exports.push({ name: '', description: `tandem volume ${first.name}`, backend: first.backendForExport() });
+    const server = new NbdServer({ exports, log: this.log.child('nbd') });
+    // the port may still be held briefly by the server just closed
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await server.listen(at.host, at.port);
+        break;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= 50) throw e;
+        await new Promise((res) => setTimeout(res, 100));
+      }
+    }
+    const volumes = replicas.map((r) => r.name).join(',');
+    this.nbd.set(key, { server, volumes });
+    this.log.info('exporting', { volumes, nbd: key });
+  }
+
+  /** Operator promote/demote act on the volume's pool: the cluster keeps one owner per pool. */
+  async poolCommand(volume: string, command: (pool: string) => Command): Promise<void> {
+    this.need(volume);
+    const pool = this.cluster.poolOf(volume);
+    if (pool === undefined) throw Object.assign(new Error(`volume ${volume} is in no pool`), { code: 'ERR_UNKNOWN_POOL' });
+    const r = await this.cluster.command(command(pool.name));
+    if (!r.ok) throw Object.assign(new Error(r.message), { code: 'ERR_REFUSED' });
+  }
+
   async promote(name: string, force: boolean): Promise<void> {
-    await this.need(name).promote({ force });
-    await this.refreshExports();
+    await this.poolCommand(name, (pool) => ({ kind: 'promote', pool, force }));
   }
 
   async demote(name: string): Promise<void> {
-    const r = this.need(name);
-    // clients go first, so nothing is admitted while the role changes
-    const others = [...this.replicas.values()].filter((x) => x !== r && x.role === 'PRIMARY');
-    if (this.nbd !== undefined) {
-      await this.nbd.shutdown();
-      this.nbd = undefined;
-      this.nbdVolumes = '';
-    }
-    try {
-      await r.demote();
-    } finally {
-      if (others.length > 0 || r.role === 'PRIMARY') await this.refreshExports();
-    }
+    await this.poolCommand(name, (pool) => ({ kind: 'demote', pool }));
   }
 
   need(name: string): Replica {
@@ -273,8 +354,10 @@ export class NodeDaemon {
     this.stopping = true;
     if (this.ticker !== undefined) clearInterval(this.ticker);
     if (this.dialTimer !== undefined) clearTimeout(this.dialTimer);
+    await this.cluster.stop();
     await this.exportsBusy.catch(() => undefined);
-    if (this.nbd !== undefined) await this.nbd.shutdown();
+    for (const n of this.nbd.values()) await n.server.shutdown();
+    this.nbd.clear();
     for (const r of this.replicas.values()) {
       try {
         await r.close();

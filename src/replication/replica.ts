@@ -36,7 +36,16 @@ export class ReplicaError extends CodedError<string> {
 }
 
 /** What a primary does with a write its peer did not take: the cluster decides (fencing, quorum). */
-export type PeerLostPolicy = () => 'continue' | 'fail';
+/**
+ * Whether this copy may acknowledge writes its peer did not take (docs/cluster.md): the cluster's
+ * fencing policy decides. Without one, a copy goes on alone.
+ */
+export interface AlonePolicy {
+  /** asked once per absence of the peer, before the first such write is acknowledged */
+  decide(volume: string): Promise<boolean>;
+  /** checked before every such acknowledgement (the witness lease) */
+  mayAckAlone(): boolean;
+}
 
 export interface ReplicaOptions {
   readonly name: string;
@@ -52,7 +61,9 @@ export interface ReplicaOptions {
   readonly resyncRateBytesPerSecond: number;
   readonly checksumResync: boolean;
   readonly log: Logger;
-  readonly peerLostPolicy?: PeerLostPolicy;
+  readonly alonePolicy?: AlonePolicy;
+  /** the cluster decides the role: start SECONDARY whatever the metadata says */
+  readonly roleFromCluster?: boolean;
   /** shared by every volume of the node: bytes being applied for the peer */
   readonly applyBudget: ByteBudget;
 }
@@ -131,6 +142,13 @@ export class Replica {
   private incomingBitmap: Buffer | undefined;
   private readonly verifyPending = new Map<bigint, (m: Extract<SyncMessage, { type: 37 }>) => void>();
   private metaDirty = false;
+  /** why client writes fail now (the cluster's decision), if they do */
+  private suspended: string | undefined;
+  /** the policy let this copy go on alone since the last meeting */
+  private aloneAllowed = false;
+  private aloneDecision: { readonly meeting: number; readonly answer: Promise<boolean> } | undefined;
+  /** meetings with the peer so far: an absence of the peer lasts from one to the next */
+  private meetings = 0;
   /** writes waiting for room in the activity log or for its pending commit */
   private logWaiters: Array<() => void> = [];
   private metaSavedAt = 0;
@@ -146,8 +164,9 @@ export class Replica {
     this.backend = o.volume.backend;
     this.tracking = o.tracking;
     this.log = o.log;
-    // the role last set by an operator outlives restarts; the configured one is for the first start
-    this.roleNow = this.meta.role ?? o.role;
+    // the role last set by an operator outlives restarts; the configured one is for the first start.
+    // Under a cluster, every copy starts SECONDARY and the cluster promotes the owner's
+    this.roleNow = o.roleFromCluster === true ? 'SECONDARY' : this.meta.role ?? o.role;
     this.unflushed = [this.newBitmap()];
     if (this.meta.primaryOpen === true) {
       // it was primary when it stopped without closing: writes in flight then may be on one copy only
@@ -163,6 +182,13 @@ export class Replica {
   }
 
   get role(): Role { return this.roleNow; }
+  /** no meeting with the peer under way: connected, standalone, or no link at all */
+  get settled(): boolean { return this.session === undefined || this.connection !== 'connecting'; }
+  /** connected, no resync running or owed, both copies UpToDate */
+  get inSync(): boolean {
+    return this.connection === 'connected' && this.resyncTarget === undefined && this.resyncSource === undefined && !this.awaitingResync &&
+      this.splitBrain === undefined && this.meta.diskState === 'UpToDate' && this.peerView?.side.diskState === 'UpToDate';
+  }
   get size(): number { return this.backend.size; }
   get diskState(): DiskState { return this.meta.diskState; }
   get generations(): Generations { return this.meta.generations; }
@@ -193,6 +219,7 @@ export class Replica {
       resync: resync === null ? null : withoutClock(resync),
       lastResync: this.last === undefined ? null : withoutClock(this.last),
       splitBrain: this.splitBrain ?? null,
+      suspended: this.suspended ?? null,
       error: this.error ?? null,
       counters: { ...this.counters },
     };
@@ -222,6 +249,10 @@ export class Replica {
     };
   }
 
+  private checkNotSuspended(): void {
+    if (this.suspended !== undefined) throw new ReplicaError('EIO', `volume ${this.name}: writes are suspended: ${this.suspended}`);
+  }
+
   private checkPrimary(): void {
     if (this.roleNow !== 'PRIMARY' || this.closed) {
       throw new ReplicaError('EIO', `volume ${this.name} is not primary on this node`);
@@ -231,6 +262,7 @@ export class Replica {
   private async admit(bytes: number): Promise<void> {
     while (this.gate !== undefined) await this.gate;
     this.checkPrimary();
+    this.checkNotSuspended();
     this.opsActive++;
     while (!this.inFlight.tryTake(bytes)) await new Promise<void>((r) => this.inFlight.waitForRelease(r));
   }
@@ -346,9 +378,41 @@ export class Replica {
     if (localError !== undefined) throw localError;
     this.counters.writes++;
     this.counters.writeBytes += length;
-    if (r !== 0 && this.o.peerLostPolicy?.() === 'fail') {
-      throw new ReplicaError('EIO', `volume ${this.name}: the peer is gone and the policy forbids writing alone`);
+    if (r !== 0) await this.checkAlone();
+  }
+
+  /** Throws EIO unless the policy lets this copy acknowledge a write the peer lacks. */
+  private async checkAlone(): Promise<void> {
+    const p = this.o.alonePolicy;
+    if (p === undefined) return;
+    if (!this.aloneAllowed) {
+      // a meeting while the decision was pending starts a new absence: its answer must not carry over
+      const meeting = this.meetings;
+      if (this.aloneDecision?.meeting !== meeting) {
+        const d = { meeting, answer: p.decide(this.name) };
+        this.aloneDecision = d;
+        const clear = (): void => { if (this.aloneDecision === d) this.aloneDecision = undefined; };
+        d.answer.then(clear, clear);
+      }
+      if (!(await this.aloneDecision.answer)) {
+        throw new ReplicaError('EIO', `volume ${this.name}: the peer lacks this write and the fencing policy forbids going on alone`);
+      }
+      if (meeting === this.meetings) this.aloneAllowed = true;
     }
+    if (!p.mayAckAlone()) throw new ReplicaError('EIO', `volume ${this.name}: the peer lacks this write and this node's lease has run out`);
+  }
+
+  /** Client writes and flushes fail with EIO until resume(): the cluster no longer lets this copy accept them. */
+  suspend(reason: string): void {
+    if (this.suspended === reason) return;
+    this.suspended = reason;
+    this.log.warn('writes suspended', { volume: this.name, reason });
+  }
+
+  resume(): void {
+    if (this.suspended === undefined) return;
+    this.suspended = undefined;
+    this.log.info('writes resumed', { volume: this.name });
   }
 
   /** The peer lacks [offset, offset+length): mark it, and be sure the generations say this copy moved on. */
@@ -373,6 +437,12 @@ export class Replica {
 
   async flush(): Promise<void> {
     this.checkPrimary();
+    this.checkNotSuspended();
+    await this.flushBoth(true);
+  }
+
+  /** Makes every write so far durable here and, if connected, on the peer; checkAlone: no acknowledgement is owed (a demotion). */
+  private async flushBoth(checkAlone: boolean): Promise<void> {
     const session = this.mirroring ? this.session : undefined;
     const epoch = this.unflushed[0] as DirtyBitmap;
     this.unflushed.unshift(this.newBitmap());
@@ -390,6 +460,7 @@ export class Replica {
       this.tracking.bitmap.union(epoch);
       await this.ensureTrackingAlone(epoch.dirtyBytes);
       await this.tracking.persistBitmap();
+      if (checkAlone) await this.checkAlone();
     }
   }
 
@@ -689,6 +760,8 @@ export class Replica {
 
   private metMeta(s: ReplicaState, extra: Partial<VolumeMetadata> = {}): void {
     this.trackingAlone = false;
+    this.aloneAllowed = false;
+    this.meetings++;
     this.discardMyData = false;
     this.saveMeta({ ...this.meta, generations: s.generations, diskState: s.diskState, dirtyBytes: 0, crashedPrimary: false, ...extra });
   }
@@ -1046,11 +1119,13 @@ export class Replica {
       if (this.peerView?.primary === true) {
         throw new ReplicaError('ERR_PEER_PRIMARY', `volume ${this.name} is primary on ${this.o.peerName}: demote it there first`);
       }
-      if (this.meta.diskState !== 'UpToDate' || this.resyncTarget !== undefined || this.resyncSource !== undefined) {
-        throw new ReplicaError('ERR_NOT_UP_TO_DATE', `volume ${this.name} is resyncing: promote it once it is in sync`);
+      // a resync source may serve (DRBD's SyncSource may be primary); a target lacks data
+      if (this.meta.diskState !== 'UpToDate' || this.resyncTarget !== undefined || this.awaitingResync) {
+        throw new ReplicaError('ERR_NOT_UP_TO_DATE', `volume ${this.name} is being resynced from its peer: promote it once it is in sync`);
       }
       this.saveMeta({ ...this.meta, role: 'PRIMARY', primaryOpen: true, becamePrimaryAt: Date.now() });
       this.roleNow = 'PRIMARY';
+      this.suspended = undefined;
       this.log.info('promoted: PRIMARY', { volume: this.name });
       // meet again, so the peer learns the new roles before the first write
       this.connect();
@@ -1062,6 +1137,7 @@ export class Replica {
     this.trackingAlone = t.state.generations.bitmap !== NO_GENERATION;
     this.saveMeta({ ...this.meta, generations: t.state.generations, diskState: t.state.diskState, role: 'PRIMARY', primaryOpen: true, becamePrimaryAt: Date.now() });
     this.roleNow = 'PRIMARY';
+    this.suspended = undefined;
     this.log.info('promoted: PRIMARY (without its peer)', { volume: this.name });
   }
 
@@ -1069,7 +1145,7 @@ export class Replica {
     if (this.roleNow !== 'PRIMARY') return;
     const reopen = await this.closeGate();
     try {
-      await this.flush();
+      await this.flushBoth(false);
       this.roleNow = 'SECONDARY';
       this.mirroring = false;
       this.saveMeta({ ...this.meta, role: 'SECONDARY', primaryOpen: false });

@@ -48,8 +48,27 @@ export interface VolumeStatus {
   resync: ResyncStatus | null;
   lastResync: ResyncStatus | null;
   splitBrain: { reason: string; since: string } | null;
+  /** why client writes fail now: the cluster suspended them (lease lost, fence failed) */
+  suspended: string | null;
   error: string | null;
   counters: VolumeCounters;
+}
+
+export interface PoolStatus {
+  name: string;
+  owner: string;
+  term: number;
+  phase: string;
+  reason: string | null;
+}
+
+export interface ClusterStateStatus {
+  policy: string;
+  maintenance: boolean;
+  peer: { up: boolean; links: { up: number; total: number } };
+  pools: PoolStatus[];
+  heartbeat: Record<string, number>;
+  activity: Array<{ at: string; level: string; event: string; message: string }>;
 }
 
 export interface NodeStatus {
@@ -57,4 +76,6 @@ export interface NodeStatus {
   cluster: string;
   peer: { name: string; connected: boolean };
   volumes: VolumeStatus[];
+  /** the cluster machine's view (docs/cluster.md) */
+  clusterState?: ClusterStateStatus;
 }

@@ -106,6 +106,8 @@ function tail(text: string, lines = 60): string {
 
 export interface NodeAddresses {
   readonly sync: { host: string; port: number };
+  /** UDP: heartbeats do not go through the link proxies */
+  readonly heartbeat: { host: string; port: number };
   readonly api: { host: string; port: number };
   readonly nbd: { host: string; port: number };
 }
@@ -263,10 +265,17 @@ export interface ClusterOptions {
   readonly afterSplitBrain?: string;
   readonly resyncRate?: string | number;
   readonly checksumResync?: boolean;
+  readonly activityLogExtents?: number;
   readonly primary?: NodeName;
   readonly timeoutMs?: number;
   readonly pingIntervalMs?: number;
   readonly reconnectMs?: number;
+  readonly heartbeatIntervalMs?: number;
+  readonly heartbeatTimeoutMs?: number;
+  /** the config's `fencing` section as is (default: none, i.e. policy manual) */
+  readonly fencing?: Record<string, unknown>;
+  /** the config's `pools` list as is (default: none, i.e. vol0 is a pool of its own) */
+  readonly pools?: ReadonlyArray<Record<string, unknown>>;
   /** record up to this many bytes per direction of each connection through the proxies */
   readonly recordLinkBytes?: number;
   /** start both nodes (default true) */
@@ -400,8 +409,8 @@ export async function startCluster(o: ClusterOptions): Promise<Cluster> {
     for (const n of names) {
       const host = NODE_HOSTS[n];
       // four distinct ports per address, so the proxy cannot take one a node is about to bind
-      const [sync, api, nbd, proxy] = await freePorts(host, 4) as [number, number, number, number];
-      addrs[n] = { sync: { host, port: sync }, api: { host, port: api }, nbd: { host, port: nbd } };
+      const [sync, api, nbd, proxy, heartbeat] = await freePorts(host, 5) as [number, number, number, number, number];
+      addrs[n] = { sync: { host, port: sync }, api: { host, port: api }, nbd: { host, port: nbd }, heartbeat: { host, port: heartbeat } };
       proxyPort[n] = proxy;
     }
     // proxy A stands in for beta (alpha dials it), proxy B for alpha
@@ -430,6 +439,12 @@ export async function startCluster(o: ClusterOptions): Promise<Cluster> {
         },
         peer: { name: peer, syncAddress: viaProxy[n].address },
         sync: { pingIntervalMs, timeoutMs, reconnectMs: o.reconnectMs ?? 250 },
+        heartbeat: {
+          intervalMs: o.heartbeatIntervalMs ?? 100, timeoutMs: o.heartbeatTimeoutMs ?? 600,
+          links: [{ listen: `${a.heartbeat.host}:${a.heartbeat.port}`, peer: `${addrs[peer].heartbeat.host}:${addrs[peer].heartbeat.port}` }],
+        },
+        ...(o.fencing === undefined ? {} : { fencing: o.fencing }),
+        ...(o.pools === undefined ? {} : { pools: o.pools }),
         volumes: [{
           name: VOLUME,
           size: o.size,
@@ -438,6 +453,7 @@ export async function startCluster(o: ClusterOptions): Promise<Cluster> {
           afterSplitBrain: o.afterSplitBrain ?? 'disconnect',
           resyncRate: String(o.resyncRate ?? '0'),
           checksumResync: o.checksumResync ?? true,
+          ...(o.activityLogExtents === undefined ? {} : { activityLogExtents: o.activityLogExtents }),
         }],
       };
       const configPath = path.join(dir, `${n}.json`);

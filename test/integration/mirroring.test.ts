@@ -13,8 +13,9 @@ import {
 import { describeFio, qemuIo, qemuIoExpect, readFioVerifyState, runFio, startFio, type FioJob } from '../helpers/fio';
 
 const VOLUME_API = '/api/v1/volumes/vol0';
-/** activity log: 257 extents of 4 MiB (docs/change-tracking.md) */
-const AL_BOUND_BYTES = 257 * 4 * MiB;
+/** test c's activity log: 257 extents of 4 MiB (volumes[].activityLogExtents), half of its 2 GiB volume */
+const AL_EXTENTS = 257;
+const AL_BOUND_BYTES = AL_EXTENTS * 4 * MiB;
 
 // ---------------------------------------------------------------- helpers
 
@@ -243,7 +244,7 @@ test('b. kill -9 beta during a write load: alpha goes on ALONE without errors, t
 // ---------------------------------------------------------------- c. kill -9 of the primary
 
 test('c. kill -9 alpha (primary) during a write load: every acknowledged write survives, resync bounded by the activity log', { timeout: 240_000 }, async (t) => {
-  await withCluster({ size: '2G', prefix: 'tandem-mirror-c-' }, async (c) => {
+  await withCluster({ size: '2G', activityLogExtents: AL_EXTENTS, prefix: 'tandem-mirror-c-' }, async (c) => {
     await waitInSync(c, 150_000);
     const fioDir = path.join(c.dir, 'fio');
     fs.mkdirSync(fioDir);

@@ -15,7 +15,8 @@ import {
 } from '../../src/protocol/witness/codec';
 import { tandemBin, tempDir } from '../helpers/serve-process';
 
-const LEASE = 300;
+// long enough that three round trips after a restart fit in the grace even on a loaded host
+const LEASE = 1000;
 const WITNESS_HOST = '127.0.0.4';
 
 function sleep(ms: number): Promise<void> {

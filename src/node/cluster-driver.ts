@@ -1,0 +1,400 @@
+// The daemon side of the cluster machine (docs/cluster.md): it turns heartbeats,
+// CLUSTER messages, volume states, witness replies, fence results, commands and
+// the clock into events, feeds them to the pure machine, and carries out the
+// actions it returns. The machine decides; this file only does.
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Heartbeat } from '../cluster/heartbeat';
+import { initialState, poolViews, step, type MachineState } from '../cluster/machine';
+import type {
+  Command, MachineAction, MachineConfig, MachineEvent, PeerMessage, PersistedState, PoolRecord, VolumeFacts, WitnessRequest,
+} from '../cluster/machine-types';
+import type { AlonePolicy } from '../replication/replica';
+import type { ClusterStateStatus } from '../replication/status';
+import { writeFileAtomic } from '../storage/atomic-file';
+import { monotonicMs } from '../util/clock';
+import { CodedError } from '../util/coded-error';
+import type { Logger } from '../util/log';
+import type { NodeConfig, PoolConfig } from './config';
+
+export class ClusterError extends CodedError<'ERR_CLUSTER_STATE' | 'ERR_CLUSTER_STOPPED' | 'ERR_UNKNOWN_POOL'> {
+  override readonly name = 'ClusterError';
+}
+
+/** What the driver needs from the daemon. */
+export interface ClusterHost {
+  /** promotes the pool's volumes and starts its exports; throws why it could not */
+  activate(pool: PoolConfig): Promise<void>;
+  /** stops the pool's exports, then flushes and demotes its volumes */
+  deactivate(pool: PoolConfig): Promise<void>;
+  suspend(pool: PoolConfig, reason: string): void;
+  resume(pool: PoolConfig): void;
+  volumeFacts(volume: string): VolumeFacts;
+  /** sends a CLUSTER message if the sync link is up; false if it is not */
+  sendPeer(json: string): boolean;
+}
+
+export interface ActivityEntry {
+  readonly at: string;
+  readonly level: 'info' | 'warn' | 'error';
+  readonly event: string;
+  readonly message: string;
+}
+
+export const clusterLimits = { poolsInMessage: 1024, activityEntries: 200, fenceOutputBytes: 64 * 1024, stateFileBytes: 1024 * 1024 } as const;
+
+const STATE_FILE = 'cluster-state.json';
+
+function machineConfig(cfg: NodeConfig): MachineConfig {
+  return {
+    self: cfg.node.name,
+    peer: cfg.peer.name,
+    policy: cfg.fencing.policy,
+    pools: cfg.pools.map((p) => ({ name: p.name, volumes: p.volumes, preferredNode: p.preferredNode, autoFailback: p.autoFailback })),
+    leaseMs: cfg.heartbeat.timeoutMs,
+    takeoverMarginMs: cfg.fencing.takeoverMarginMs,
+    fenceRetryMs: cfg.fencing.retryMs,
+    claimRetryMs: cfg.fencing.retryMs,
+    startWaitMs: cfg.fencing.startWaitMs,
+    witnessTimeoutMs: cfg.fencing.witnessTimeoutMs,
+  };
+}
+
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+function parsePools(v: unknown, where: string): Record<string, PoolRecord> {
+  if (!isRecord(v)) throw new ClusterError('ERR_CLUSTER_STATE', `${where}: pools must be an object`);
+  if (Object.keys(v).length > clusterLimits.poolsInMessage) throw new ClusterError('ERR_CLUSTER_STATE', `${where}: more than ${clusterLimits.poolsInMessage} pools`);
+  const out: Record<string, PoolRecord> = {};
+  for (const [name, r] of Object.entries(v)) {
+    if (!isRecord(r) || typeof r.owner !== 'string' || r.owner.length === 0 || r.owner.length > 63 ||
+      typeof r.term !== 'number' || !Number.isSafeInteger(r.term) || r.term < 0) {
+      throw new ClusterError('ERR_CLUSTER_STATE', `${where}: pool ${JSON.stringify(name)} must be { owner, term }`);
+    }
+    out[name] = { owner: r.owner, term: r.term };
+  }
+  return out;
+}
+
+/** A CLUSTER message's document, checked before the machine sees it (the peer may speak garbage). */
+export function parsePeerMessage(json: string): PeerMessage {
+  const v: unknown = JSON.parse(json);
+  if (!isRecord(v)) throw new ClusterError('ERR_CLUSTER_STATE', 'CLUSTER message: not an object');
+  if (v.kind === 'state') {
+    if (typeof v.maintenance !== 'boolean') throw new ClusterError('ERR_CLUSTER_STATE', 'CLUSTER state: maintenance must be a boolean');
+    const active = v.active ?? [];
+    if (!Array.isArray(active) || active.length > clusterLimits.poolsInMessage || !active.every((x): x is string => typeof x === 'string' && x.length <= 63)) {
+      throw new ClusterError('ERR_CLUSTER_STATE', 'CLUSTER state: active must be a list of pool names');
+    }
+    return { kind: 'state', pools: parsePools(v.pools, 'CLUSTER state'), maintenance: v.maintenance, active };
+  }
+  if (v.kind === 'handover') {
+    if (typeof v.pool !== 'string' || typeof v.term !== 'number' || !Number.isSafeInteger(v.term) || v.term < 1) {
+      throw new ClusterError('ERR_CLUSTER_STATE', 'CLUSTER handover: needs pool (string) and term (integer ≥ 1)');
+    }
+    return { kind: 'handover', pool: v.pool, term: v.term };
+  }
+  throw new ClusterError('ERR_CLUSTER_STATE', `CLUSTER message: unknown kind ${JSON.stringify(v.kind)}`);
+}
+
+function loadState(file: string): PersistedState | null {
+  let text: string;
+  try {
+    if (fs.statSync(file).size > clusterLimits.stateFileBytes) throw new ClusterError('ERR_CLUSTER_STATE', `${file}: larger than ${clusterLimits.stateFileBytes} bytes`);
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
+  }
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch (e) {
+    throw new ClusterError('ERR_CLUSTER_STATE', `${file}: not JSON: ${(e as Error).message}`);
+  }
+  if (!isRecord(v) || v.version !== 1 || typeof v.maintenance !== 'boolean') {
+    throw new ClusterError('ERR_CLUSTER_STATE', `${file}: not a version 1 cluster state`);
+  }
+  return { pools: parsePools(v.pools, file), maintenance: v.maintenance };
+}
+
+export class ClusterDriver {
+  readonly config: MachineConfig;
+  private state: MachineState;
+  private readonly stateFile: string;
+  private heartbeat: Heartbeat | undefined;
+  private ticker: NodeJS.Timeout | undefined;
+  private readonly facts = new Map<string, string>();
+  private readonly aloneWaiters = new Map<number, (allow: boolean) => void>();
+  private readonly commandWaiters = new Map<number, (r: { ok: boolean; message: string }) => void>();
+  private nextId = 1;
+  private links = { up: 0, total: 0 };
+  private peerUp = false;
+  /** the peer's last state over the current sync link */
+  private peerState: PeerMessage | undefined;
+  private readonly activity: ActivityEntry[] = [];
+  private stopped = false;
+
+  constructor(private readonly cfg: NodeConfig, private readonly host: ClusterHost, private readonly log: Logger) {
+    this.config = machineConfig(cfg);
+    this.state = initialState(this.config);
+    this.stateFile = path.join(cfg.node.dataDir, STATE_FILE);
+    this.links = { up: 0, total: cfg.heartbeat.links.length };
+  }
+
+  async start(): Promise<void> {
+    const persisted = loadState(this.stateFile);
+    const cfg = this.cfg;
+    const incarnation = Date.now();
+    this.heartbeat = new Heartbeat({
+      clusterId: cfg.cluster.id, secret: cfg.cluster.secret, selfName: cfg.node.name, peerName: cfg.peer.name, incarnation,
+      intervalMs: cfg.heartbeat.intervalMs, timeoutMs: cfg.heartbeat.timeoutMs, mainStallMs: cfg.heartbeat.mainStallMs,
+      links: cfg.heartbeat.links, witness: cfg.fencing.policy === 'witness' ? cfg.fencing.witness : null,
+      witnessTimeoutMs: cfg.fencing.witnessTimeoutMs,
+    });
+    this.heartbeat.on('peer-up', (incarnationSeen: number) => {
+      this.peerUp = true;
+      this.dispatch({ type: 'peer-up', now: monotonicMs(), incarnation: incarnationSeen });
+      // the sync link may have brought the peer's state before its first heartbeat: it still holds
+      if (this.peerState !== undefined) this.dispatch({ type: 'peer-message', now: monotonicMs(), message: this.peerState });
+    });
+    this.heartbeat.on('peer-down', (lastHeardAt: number) => {
+      this.peerUp = false;
+      this.dispatch({ type: 'peer-down', now: monotonicMs(), lastHeardAt });
+    });
+    this.heartbeat.on('links', (up: number, total: number) => {
+      this.links = { up, total };
+      this.dispatch({ type: 'links', now: monotonicMs(), up, total });
+    });
+    await this.heartbeat.start();
+    if (cfg.fencing.policy === 'witness') this.heartbeat.setRenewing(true);
+    this.dispatch({ type: 'start', now: monotonicMs(), persisted });
+    // the machine judges takeovers by the copies' disk states: it knows them from the start
+    this.reportVolumes(monotonicMs());
+    this.ticker = setInterval(() => this.tick(), cfg.heartbeat.intervalMs);
+  }
+
+  private tick(): void {
+    const hb = this.heartbeat;
+    if (hb === undefined) return;
+    hb.stampMain();
+    const now = monotonicMs();
+    this.reportVolumes(now);
+    const s = hb.snapshot();
+    this.dispatch({ type: 'tick', now, peerAckSentAt: s.peerAckSentAt, witnessAckSentAt: s.witnessAckSentAt });
+  }
+
+  /** Volume facts that changed since the last report. */
+  private reportVolumes(now: number): void {
+    for (const p of this.cfg.pools) {
+      for (const v of p.volumes) {
+        const f = this.host.volumeFacts(v);
+        const key = `${f.diskState}/${f.connected}/${f.inSync}`;
+        if (this.facts.get(v) !== key) {
+          this.facts.set(v, key);
+          this.dispatch({ type: 'volume', now, name: v, facts: f });
+        }
+      }
+    }
+  }
+
+  onLinkDown(): void {
+    this.peerState = undefined;
+  }
+
+  /** The sync link is up: the peer's machine needs ours before anything else. */
+  onLinkUp(): void {
+    const p = this.persisted();
+    const active = poolViews(this.state).filter((v) => v.phase === 'ACTIVE' || v.phase === 'SUSPENDED').map((v) => v.name);
+    this.sendPeer({ kind: 'state', pools: p.pools, maintenance: p.maintenance, active });
+  }
+
+  onPeerMessage(json: string): void {
+    let message: PeerMessage;
+    try {
+      message = parsePeerMessage(json);
+    } catch (e) {
+      this.note('warn', 'peer-garbage', `a CLUSTER message from the peer was refused: ${(e as Error).message}`);
+      return;
+    }
+    if (message.kind === 'state') this.peerState = message;
+    this.dispatch({ type: 'peer-message', now: monotonicMs(), message });
+  }
+
+  /** The fencing policy's say over acknowledging writes the peer lacks, for one pool's replicas. */
+  alonePolicy(): AlonePolicy {
+    return {
+      decide: (volume) => new Promise<boolean>((resolve) => {
+        const id = this.nextId++;
+        this.aloneWaiters.set(id, resolve);
+        this.dispatch({ type: 'alone-request', now: monotonicMs(), volume, id });
+      }),
+      mayAckAlone: () => {
+        if (this.config.policy !== 'witness' || this.state.maintenance || this.state.peerMaintenance) return true;
+        const s = this.heartbeat?.snapshot();
+        const acked = Math.max(s?.peerAckSentAt ?? -Infinity, s?.witnessAckSentAt ?? -Infinity);
+        return monotonicMs() < acked + this.config.leaseMs;
+      },
+    };
+  }
+
+  command(command: Command): Promise<{ ok: boolean; message: string }> {
+    if (this.stopped) return Promise.resolve({ ok: false, message: 'the node is stopping' });
+    return new Promise((resolve) => {
+      const id = this.nextId++;
+      this.commandWaiters.set(id, resolve);
+      // an operator acts on what status showed: the machine must know it too
+      this.reportVolumes(monotonicMs());
+      this.dispatch({ type: 'command', now: monotonicMs(), id, command });
+    });
+  }
+
+  poolOf(volume: string): PoolConfig | undefined {
+    return this.cfg.pools.find((p) => p.volumes.includes(volume));
+  }
+
+  status(): ClusterStateStatus {
+    return {
+      policy: this.config.policy,
+      maintenance: this.state.maintenance,
+      peer: { up: this.peerUp, links: { ...this.links } },
+      pools: poolViews(this.state),
+      heartbeat: { ...(this.heartbeat?.snapshot().counters ?? {}) },
+      activity: [...this.activity],
+    };
+  }
+
+  private persisted(): PersistedState {
+    const pools: Record<string, PoolRecord> = {};
+    for (const v of poolViews(this.state)) pools[v.name] = { owner: v.owner, term: v.term };
+    return { pools, maintenance: this.state.maintenance };
+  }
+
+  private dispatch(event: MachineEvent): void {
+    if (this.stopped) return;
+    const r = step(this.config, this.state, event);
+    this.state = r.state;
+    for (const a of r.actions) this.carryOut(a);
+  }
+
+  private carryOut(a: MachineAction): void {
+    switch (a.type) {
+      case 'persist':
+        // before any action after it: a takeover must be on disk before the pool comes up
+        writeFileAtomic(this.stateFile, JSON.stringify({ version: 1, ...a.state }, null, 2) + '\n');
+        return;
+      case 'activate': {
+        const pool = this.pool(a.pool);
+        this.host.activate(pool).then(
+          () => this.dispatch({ type: 'activated', now: monotonicMs(), pool: a.pool, ok: true }),
+          (e: unknown) => this.dispatch({ type: 'activated', now: monotonicMs(), pool: a.pool, ok: false, error: (e as Error).message }),
+        );
+        return;
+      }
+      case 'deactivate': {
+        const pool = this.pool(a.pool);
+        this.host.deactivate(pool).catch((e: unknown) => {
+          this.note('error', 'deactivate-failed', `pool ${a.pool}: ${(e as Error).message}`);
+        }).finally(() => this.dispatch({ type: 'deactivated', now: monotonicMs(), pool: a.pool }));
+        return;
+      }
+      case 'suspend':
+        this.host.suspend(this.pool(a.pool), a.reason);
+        return;
+      case 'resume':
+        this.host.resume(this.pool(a.pool));
+        return;
+      case 'fence':
+        this.runFence(a.seq);
+        return;
+      case 'witness':
+        this.askWitness(a.request, a.seq);
+        return;
+      case 'alone-decision': {
+        const w = this.aloneWaiters.get(a.id);
+        this.aloneWaiters.delete(a.id);
+        w?.(a.allow);
+        return;
+      }
+      case 'send-peer':
+        this.sendPeer(a.message);
+        return;
+      case 'command-result': {
+        const w = this.commandWaiters.get(a.id);
+        this.commandWaiters.delete(a.id);
+        w?.({ ok: a.ok, message: a.message });
+        return;
+      }
+      case 'log':
+        this.note(a.level, a.event, a.message);
+        return;
+    }
+  }
+
+  private pool(name: string): PoolConfig {
+    const p = this.cfg.pools.find((x) => x.name === name);
+    if (p === undefined) throw new ClusterError('ERR_UNKNOWN_POOL', `the cluster machine named an unknown pool ${JSON.stringify(name)}`);
+    return p;
+  }
+
+  private sendPeer(m: PeerMessage): void {
+    this.host.sendPeer(JSON.stringify(m));
+  }
+
+  private note(level: ActivityEntry['level'], event: string, message: string): void {
+    this.log[level](message, { event });
+    this.activity.push({ at: new Date().toISOString(), level, event, message });
+    if (this.activity.length > clusterLimits.activityEntries) this.activity.shift();
+  }
+
+  private runFence(seq: number): void {
+    const cmd = this.cfg.fencing.command;
+    if (cmd === null) {
+      this.dispatch({ type: 'fence-done', now: monotonicMs(), ok: false, detail: 'no fence command configured', seq });
+      return;
+    }
+    const started = monotonicMs();
+    this.note('warn', 'fence-run', `fencing ${this.cfg.peer.name}: ${cmd.join(' ')}`);
+    execFile(cmd[0] as string, cmd.slice(1), {
+      timeout: this.cfg.fencing.commandTimeoutMs, killSignal: 'SIGKILL', maxBuffer: clusterLimits.fenceOutputBytes,
+      env: { ...process.env, TANDEM_PEER: this.cfg.peer.name, TANDEM_NODE: this.cfg.node.name, TANDEM_CLUSTER: this.cfg.cluster.name },
+    }, (err, stdout, stderr) => {
+      const out = `${stdout}${stderr}`.trim().slice(-1024);
+      const ms = monotonicMs() - started;
+      const detail = err === null
+        ? `exit 0 after ${ms} ms${out === '' ? '' : `: ${out}`}`
+        : `${err.killed ? `killed after the ${this.cfg.fencing.commandTimeoutMs} ms timeout` : `failed (${err.code ?? err.message})`} after ${ms} ms${out === '' ? '' : `: ${out}`}`;
+      this.dispatch({ type: 'fence-done', now: monotonicMs(), ok: err === null, detail, seq });
+    });
+  }
+
+  private askWitness(request: WitnessRequest, seq: number): void {
+    const hb = this.heartbeat;
+    if (hb === undefined || this.cfg.fencing.witness === null) {
+      this.dispatch({ type: 'witness-reply', now: monotonicMs(), request, granted: false, reason: 'no witness configured', seq });
+      return;
+    }
+    // through the worker's client: one sender, one sequence of request ids at the witness
+    const peer = this.cfg.peer.name;
+    const p = request === 'claim' ? hb.witnessRequest('claim', peer)
+      : request === 'alone' ? hb.witnessRequest('alone')
+        : request === 'clear-alone' ? hb.witnessRequest('clear-alone', this.cfg.node.name)
+          : hb.witnessRequest('clear-fenced', peer);
+    p.then(
+      (r) => this.dispatch({ type: 'witness-reply', now: monotonicMs(), request, granted: r.granted, reason: r.reason, seq }),
+      (e: unknown) => this.dispatch({ type: 'witness-reply', now: monotonicMs(), request, granted: false, reason: (e as Error).message, seq }),
+    );
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.ticker !== undefined) clearInterval(this.ticker);
+    for (const w of this.aloneWaiters.values()) w(false);
+    this.aloneWaiters.clear();
+    for (const w of this.commandWaiters.values()) w({ ok: false, message: 'the node is stopping' });
+    this.commandWaiters.clear();
+    await this.heartbeat?.close();
+  }
+}
