@@ -274,6 +274,8 @@ export interface ClusterOptions {
   readonly heartbeatTimeoutMs?: number;
   /** the config's `fencing` section as is (default: none, i.e. policy manual) */
   readonly fencing?: Record<string, unknown>;
+  /** more top-level config keys for a node (they replace what the helper wrote) */
+  readonly extraConfig?: (node: NodeName) => Record<string, unknown>;
   /** the config's `pools` list as is (default: none, i.e. vol0 is a pool of its own) */
   readonly pools?: ReadonlyArray<Record<string, unknown>>;
   /** record up to this many bytes per direction of each connection through the proxies */
@@ -445,6 +447,7 @@ export async function startCluster(o: ClusterOptions): Promise<Cluster> {
         },
         ...(o.fencing === undefined ? {} : { fencing: o.fencing }),
         ...(o.pools === undefined ? {} : { pools: o.pools }),
+        ...(o.extraConfig?.(n) ?? {}),
         volumes: [{
           name: VOLUME,
           size: o.size,
