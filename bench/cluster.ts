@@ -166,6 +166,13 @@ export class BenchNode {
   }
 }
 
+export interface HaOptions {
+  /** HOST:PORT of a running `tandem witness` */
+  readonly witness: string;
+  /** HOST:PORT where the pool's owner exports vol0 */
+  readonly poolNbd: string;
+}
+
 export interface Both { alpha: VolumeStatus | undefined; beta: VolumeStatus | undefined }
 
 /** Both nodes in sync: alpha PRIM, beta SECOND, no resync running, each copy UpToDate. */
@@ -183,13 +190,16 @@ export class BenchCluster {
   private readonly clusterId = crypto.randomBytes(16).toString('hex');
   private readonly secret = crypto.randomBytes(32).toString('hex');
 
+  /** with a witness and a pool on its own address (the failover bench); without, vol0 is a pool of its own */
+  ha: HaOptions | undefined;
+
   private constructor(readonly dir: string, alpha: BenchNode, beta: BenchNode) {
     this.alpha = alpha;
     this.beta = beta;
   }
 
   /** Picks free ports on both addresses and writes both config files under `dir` (which must exist). */
-  static async create(dir: string, vol: VolumeOptions): Promise<BenchCluster> {
+  static async create(dir: string, vol: VolumeOptions, ha?: HaOptions): Promise<BenchCluster> {
     const nodes = {} as Record<NodeName, BenchNode>;
     for (const n of nodeNames) {
       const host = nodeHosts[n];
@@ -204,11 +214,15 @@ export class BenchCluster {
       nodes[n] = new BenchNode(n, host, { sync, api, nbd, heartbeat }, path.join(dir, `${n}.json`), dataDir);
     }
     const c = new BenchCluster(dir, nodes.alpha, nodes.beta);
+    c.ha = ha;
     for (const n of nodeNames) c.writeConfig(n, vol);
     return c;
   }
 
   node(n: NodeName): BenchNode { return n === 'alpha' ? this.alpha : this.beta; }
+
+  /** the cluster id and secret, as a witness's config lists them */
+  secrets(): { id: string; secret: string } { return { id: this.clusterId, secret: this.secret }; }
 
   get uri(): string { return this.alpha.nbdUri; }
 
@@ -230,6 +244,11 @@ export class BenchCluster {
         name: volumeName, size: vol.size, primary: 'alpha', cacheMode: vol.cacheMode,
         afterSplitBrain: 'disconnect', resyncRate: '0', checksumResync: vol.checksumResync,
       }],
+      // default heartbeat timers (200 ms, 1 s): what the failover target is stated for
+      ...(this.ha === undefined ? {} : {
+        fencing: { policy: 'witness', witness: this.ha.witness },
+        pools: [{ name: 'pool0', volumes: [volumeName], preferredNode: 'alpha', nbdListen: this.ha.poolNbd }],
+      }),
     };
     fs.writeFileSync(me.configPath, `${JSON.stringify(config, null, 2)}\n`, { mode: 0o600 });
   }

@@ -16,6 +16,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { formatSize, parseSize } from '../src/util/size';
 import { fillFile, jobs, type BenchConfig, type Job } from './jobs';
+import { failoverId, measureFailover } from './failover';
 import { measureMirrored, measureResync, mirroredFioJobs, mirroredIds, resyncId, type MirroredConfig, type ResyncSample } from './mirrored';
 import { exec, execOk, installExitHandlers, killAllTracked } from './procs';
 import { removeBacking, serverKinds, startServer, type ServerKind } from './servers';
@@ -24,14 +25,16 @@ import { fmtValue, renderTable, type RenderedRow, type TableRow } from './table'
 const groups: Readonly<Record<string, readonly string[]>> = {
   single: jobs.map((j) => j.id),
   mirrored: mirroredIds,
+  failover: [failoverId],
 };
 
 const usage = `usage: node dist/bench/run.js [--size SIZE] [--copy-size SIZE] [--resync-size SIZE] [--runtime S]
                                 [--ramp S] [--repeat N] [--dir DIR] [--json PATH] [--only JOB,...]
-                                [--cpu-prof DIR]
+                                [--cpu-prof DIR] [--failover-runs N]
   --size         backing file size for the fio jobs, single and mirrored (default 2G)
   --copy-size    nbdcopy source file and export size (default 1G)
   --resync-size  volume size of the resync measurements (default 2G)
+  --failover-runs  kill -9 failovers to time (default 10; measured once, not per round)
   --runtime      seconds each fio job is measured (default 8)
   --ramp         fio ramp seconds before measuring (default 1)
   --repeat       rounds; each value is the median (default 3, cut to as many
@@ -42,13 +45,14 @@ const usage = `usage: node dist/bench/run.js [--size SIZE] [--copy-size SIZE] [-
   --only         run only these jobs or groups:
                    single:   ${groups.single?.join(', ')}
                    mirrored: ${groups.mirrored?.join(', ')}
+                   failover: ${groups.failover?.join(', ')}
   --cpu-prof     start every tandem node with node --cpu-prof, profiles in DIR`;
 
 const defaultRepeat = 3;
 const repeatBudgetMs = 8 * 60_000;
 
 interface Options {
-  size: number; copySize: number; resyncSize: number; runtimeS: number; rampS: number;
+  size: number; copySize: number; resyncSize: number; runtimeS: number; rampS: number; failoverRuns: number;
   repeat: number; repeatGiven: boolean; dir: string | undefined; json: string | undefined; only: string[] | undefined;
   cpuProf: string | undefined;
 }
@@ -77,6 +81,7 @@ function parseOptions(argv: string[]): Options | 'help' {
         size: { type: 'string', default: '2G' },
         'copy-size': { type: 'string', default: '1G' },
         'resync-size': { type: 'string', default: '2G' },
+        'failover-runs': { type: 'string', default: '10' },
         'cpu-prof': { type: 'string' },
         runtime: { type: 'string', default: '8' },
         ramp: { type: 'string', default: '1' },
@@ -105,6 +110,7 @@ function parseOptions(argv: string[]): Options | 'help' {
     size,
     copySize: sizeArg(values['copy-size'], '--copy-size'),
     resyncSize: resyncSizeArg(values['resync-size']),
+    failoverRuns: failoverRunsArg(values['failover-runs']),
     runtimeS: intArg(values.runtime, '--runtime', 1),
     rampS: intArg(values.ramp, '--ramp', 0),
     repeat: values.repeat === undefined ? defaultRepeat : intArg(values.repeat, '--repeat', 1),
@@ -114,6 +120,12 @@ function parseOptions(argv: string[]): Options | 'help' {
     only,
     cpuProf: values['cpu-prof'] === undefined ? undefined : path.resolve(values['cpu-prof']),
   };
+}
+
+function failoverRunsArg(text: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1 || n > 100) throw new UsageError('--failover-runs must be an integer from 1 to 100');
+  return n;
 }
 
 function resyncSizeArg(text: string): number {
@@ -241,6 +253,8 @@ async function main(argv: string[]): Promise<number> {
   const selected = jobs.filter((j) => wanted(j.id));
   const selectedMirrored = mirroredFioJobs.filter((m) => wanted(m.id));
   const runResync = wanted(resyncId);
+  const runFailover = wanted(failoverId);
+  let failoverMs: number[] = [];
   const metrics = selected.flatMap((j) => j.metrics);
   const samples: Samples = {};
   for (const m of metrics) samples[m.id] = { tandem: [], nbdkit: [] };
@@ -340,6 +354,19 @@ async function main(argv: string[]): Promise<number> {
         }
       }
 
+      // failover is measured once, over its own runs, not per round
+      if (runFailover && round === 0) {
+        try {
+          const f = await measureFailover(work, opts.failoverRuns, (s) => log(`${tag()} ${s}`));
+          failoverMs = f.ms;
+          for (const n of f.notes) log(`${tag()} failover ${n}`);
+        } catch (e) {
+          const error = (e as Error).message;
+          failures.push({ round: round + 1, job: failoverId, server: 'cluster', error });
+          log(`${tag()} failover FAILED: ${error}`);
+        }
+      }
+
       roundsDone = round + 1;
       // other work on the machine skews every figure: show it
       const load = os.loadavg()[0] ?? 0;
@@ -391,10 +418,22 @@ async function main(argv: string[]): Promise<number> {
       + 'reference: cp --sparse=never + sync --data\n'
       + `${t.text}\n`);
   }
+  let failoverBelow = false;
+  if (runFailover && failoverMs.length > 0) {
+    const sorted = [...failoverMs].sort((a, b) => a - b);
+    const median = sorted[Math.floor((sorted.length - 1) / 2)] ?? 0;
+    const worst = sorted.at(-1) ?? 0;
+    failoverBelow = median >= 2000;
+    process.stdout.write(`\nfailover: kill -9 of the pool's owner to the first write acknowledged again through the pool's address `
+      + '(witness policy, heartbeat 200 ms / 1 s)\n'
+      + `median ${median.toFixed(0)} ms (target < 2000 ms: ${median < 2000 ? 'ok' : 'BELOW'}), worst ${worst.toFixed(0)} ms, `
+      + `all: ${failoverMs.map((x) => x.toFixed(0)).join(', ')} ms\n`);
+  }
   process.stdout.write(`\nmedian of ${roundsDone} round(s) per job per server; spread = (max-min)/median over the rounds; `
     + `total ${totalS.toFixed(0)} s\n`);
   const below = allRendered.filter((r) => r.pass === false);
-  if (below.length > 0) process.stdout.write(`below target: ${below.map((r) => r.id).join(', ')}\n`);
+  const belowIds = [...below.map((r) => r.id), ...(failoverBelow ? [failoverId] : [])];
+  if (belowIds.length > 0) process.stdout.write(`below target: ${belowIds.join(', ')}\n`);
   for (const f of failures) process.stdout.write(`FAILED round ${f.round} ${f.job} on ${f.server}: ${f.error.split('\n')[0]}\n`);
 
   if (opts.json !== undefined) {
@@ -410,6 +449,7 @@ async function main(argv: string[]): Promise<number> {
       results: singleRows,
       mirrored: mirroredRows,
       resync: { rows: resyncRendered, samples: resyncSamples },
+      failover: { ms: failoverMs },
       failures,
     };
     fs.mkdirSync(path.dirname(path.resolve(opts.json)), { recursive: true });
