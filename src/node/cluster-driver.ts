@@ -6,7 +6,7 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Heartbeat } from '../cluster/heartbeat';
-import { initialState, poolViews, step, type MachineState } from '../cluster/machine';
+import { initialState, leaseExpiresAt, poolViews, step, type MachineState } from '../cluster/machine';
 import type {
   Command, MachineAction, MachineConfig, MachineEvent, PeerMessage, PersistedState, PoolRecord, VolumeFacts, WitnessRequest,
 } from '../cluster/machine-types';
@@ -273,6 +273,14 @@ export class ClusterDriver {
 
   private dispatch(event: MachineEvent): void {
     if (this.stopped) return;
+    // the machine learns the worker's acks on ticks: after a stall of this thread, an event that
+    // comes before the next tick must not be judged on the acks of the tick before the stall
+    const hb = this.heartbeat;
+    const until = leaseExpiresAt(this.config, this.state);
+    if (event.type !== 'tick' && hb !== undefined && this.state.started && until !== null && event.now >= until) {
+      const s = hb.snapshot();
+      this.dispatch({ type: 'tick', now: event.now, peerAckSentAt: s.peerAckSentAt, witnessAckSentAt: s.witnessAckSentAt });
+    }
     const r = step(this.config, this.state, event);
     this.state = r.state;
     for (const a of r.actions) this.carryOut(a);

@@ -8,7 +8,9 @@ import net from 'node:net';
 import path from 'node:path';
 import { newVolume } from '../core/generations';
 import { NbdServer, type ServedExport } from '../io/nbd-server';
+import type { Backend } from '../storage/backend';
 import { ChangeTracking, changeTrackingGeometry, changeTrackingPaths } from '../storage/change-tracking';
+import { DiskStall, StallingBackend } from '../storage/stall-backend';
 import { createVolume, openVolume, readMetadata, writeMetadata, type Volume } from '../storage/volume-store';
 import { ByteBudget } from '../util/byte-budget';
 import type { Logger } from '../util/log';
@@ -75,6 +77,8 @@ export class NodeDaemon {
   private stopping = false;
   private readonly applyBudget = new ByteBudget(replicationLimits.applyBytesMax);
   private exportsBusy: Promise<void> = Promise.resolve();
+  /** with faults.enabled: the window in which client I/O hangs (docs/cluster.md, "Fault injection") */
+  readonly diskStall: DiskStall | undefined;
 
   private readonly dispatchContext: DispatchContext;
 
@@ -87,6 +91,7 @@ export class NodeDaemon {
       cluster: (json) => this.cluster.onPeerMessage(json),
     };
     this.cluster = new ClusterDriver(cfg, this.clusterHost(), log.child('cluster'));
+    this.diskStall = cfg.faults.enabled ? new DiskStall() : undefined;
   }
 
   private clusterHost(): ClusterHost {
@@ -129,8 +134,15 @@ export class NodeDaemon {
         }
         await this.refreshExports();
       },
-      suspend: (p, reason) => { for (const r of replicasOf(p)) r.suspend(reason); },
-      resume: (p) => { for (const r of replicasOf(p)) r.resume(); },
+      // a suspended pool also gives up its address, so the peer can serve it there if it takes the pool over
+      suspend: (p, reason) => {
+        for (const r of replicasOf(p)) r.suspend(reason);
+        this.refreshExports().catch((e: unknown) => this.log.error('stopping the exports of a suspended pool failed', { pool: p.name, error: String(e) }));
+      },
+      resume: (p) => {
+        for (const r of replicasOf(p)) r.resume();
+        this.refreshExports().catch((e: unknown) => this.log.error('exporting a resumed pool failed', { pool: p.name, error: String(e) }));
+      },
       volumeFacts: (v): VolumeFacts => {
         const r = this.need(v);
         return { diskState: r.diskState, connected: r.status().connection === 'connected', inSync: r.inSync };
@@ -275,16 +287,17 @@ export class NodeDaemon {
   }
 
 
-  /** Exports exactly the volumes this node is primary for, each on its pool's address. */
+  /** Exports exactly the volumes this node is primary for and whose writes are not suspended, each on its pool's address. */
   refreshExports(): Promise<void> {
-    this.exportsBusy = this.exportsBusy.then(async () => {
+    // one failed refresh (an address in use) must not fail every later one
+    this.exportsBusy = this.exportsBusy.catch(() => undefined).then(async () => {
       const wanted = new Map<string, { at: HostPort; replicas: Replica[] }>();
       if (!this.stopping) {
         for (const p of this.cfg.pools) {
           const at = p.nbdListen ?? this.cfg.node.nbdListen;
           for (const v of p.volumes) {
             const r = this.need(v);
-            if (r.role !== 'PRIMARY' || this.leaving.has(v)) continue;
+            if (r.role !== 'PRIMARY' || this.leaving.has(v) || r.status().suspended !== null) continue;
             const key = `${at.host}:${at.port}`;
             const w = wanted.get(key) ?? { at, replicas: [] };
             w.replicas.push(r);
@@ -307,9 +320,11 @@ export class NodeDaemon {
   }
 
   private async startExport(key: string, at: HostPort, replicas: Replica[]): Promise<void> {
-    const exports: ServedExport[] = replicas.map((r) => ({ name: r.name, description: `tandem volume ${r.name}`, backend: r.backendForExport() }));
+    const stall = this.diskStall;
+    const backendOf = (r: Replica): Backend => stall === undefined ? r.backendForExport() : new StallingBackend(r.backendForExport(), stall);
+    const exports: ServedExport[] = replicas.map((r) => ({ name: r.name, description: `tandem volume ${r.name}`, backend: backendOf(r) }));
     const first = replicas[0] as Replica;
-    exports.push({ name: '', description: `tandem volume ${first.name}`, backend: first.backendForExport() });
+    exports.push({ name: '', description: `tandem volume ${first.name}`, backend: backendOf(first) });
     const server = new NbdServer({ exports, log: this.log.child('nbd') });
     // the port may still be held briefly by the server just closed
     for (let attempt = 0; ; attempt++) {
@@ -341,6 +356,17 @@ export class NodeDaemon {
 
   async demote(name: string): Promise<void> {
     await this.poolCommand(name, (pool) => ({ kind: 'demote', pool }));
+  }
+
+  /**
+   * Fault injection: the clients' next I/O within `ms` blocks the main thread until `ms` have
+   * passed, as a hung disk would. Armed after this turn of the event loop, so the API answers first.
+   */
+  stallDisk(ms: number): void {
+    const stall = this.diskStall;
+    if (stall === undefined) throw Object.assign(new Error('fault injection is not enabled on this node'), { code: 'ERR_FAULTS_DISABLED' });
+    this.log.warn('disk stall injected', { ms });
+    setImmediate(() => stall.arm(ms));
   }
 
   need(name: string): Replica {
