@@ -2,6 +2,7 @@
 // Every request body is bounded and checked; errors are { error: { code, message } }.
 import http from 'node:http';
 import type { Command } from '../cluster/machine-types';
+import { diskStallLimits } from '../storage/stall-backend';
 import type { Logger } from '../util/log';
 import type { HostPort } from './config';
 import type { NodeDaemon } from './daemon';
@@ -53,6 +54,17 @@ function bool(body: Record<string, unknown>, key: string): boolean {
 
 async function route(d: NodeDaemon, method: string, url: string, body: () => Promise<Record<string, unknown>>): Promise<unknown> {
   if (method === 'GET' && url === '/api/v1/status') return d.status();
+  if (url === '/api/v1/faults/disk-stall') {
+    // a test and diagnostic facility (docs/cluster.md, "Fault injection"): absent unless the config enables it
+    if (d.diskStall === undefined) throw new ApiError(404, 'ERR_FAULTS_DISABLED', 'fault injection is not enabled on this node (config: "faults": { "enabled": true })');
+    if (method !== 'POST') throw new ApiError(405, 'ERR_METHOD', `${url} takes POST`);
+    const ms = (await body()).ms;
+    if (typeof ms !== 'number' || !Number.isInteger(ms) || ms < 1 || ms > diskStallLimits.msMax) {
+      throw new ApiError(400, 'ERR_BAD_REQUEST', `ms must be an integer from 1 to ${diskStallLimits.msMax}`);
+    }
+    d.stallDisk(ms);
+    return { ok: true, stallMs: ms };
+  }
   const pm = /^\/api\/v1\/pools\/([^/]+)\/(promote|demote|swap)$/.exec(url);
   if (pm !== null || url === '/api/v1/maintenance') {
     if (method !== 'POST') throw new ApiError(405, 'ERR_METHOD', `${url} takes POST`);

@@ -59,6 +59,12 @@ export interface PoolConfig {
   readonly nbdListen: HostPort | null;
 }
 
+/** test and diagnostic hooks (docs/cluster.md, "Fault injection"); off unless the file turns them on */
+export interface FaultsConfig {
+  /** POST /api/v1/faults/disk-stall makes this node's volume I/O hang */
+  readonly enabled: boolean;
+}
+
 export interface NodeConfig {
   readonly cluster: { readonly name: string; readonly id: Buffer; readonly secret: Buffer };
   readonly node: {
@@ -72,6 +78,7 @@ export interface NodeConfig {
   readonly volumes: readonly VolumeConfig[];
   /** without a `pools` key, each volume is a pool of its own, named after it */
   readonly pools: readonly PoolConfig[];
+  readonly faults: FaultsConfig;
 }
 
 export const configLimits = { volumesMax: 64, poolsMax: 64, heartbeatLinksMax: 8, fenceArgsMax: 64, fileBytesMax: 1024 * 1024 } as const;
@@ -142,7 +149,7 @@ export function parseNodeConfig(text: string): NodeConfig {
   } catch (e) {
     fail('config', `not JSON: ${(e as Error).message}`);
   }
-  const top = obj(raw, 'config', ['cluster', 'node', 'peer', 'sync', 'heartbeat', 'fencing', 'volumes', 'pools']);
+  const top = obj(raw, 'config', ['cluster', 'node', 'peer', 'sync', 'heartbeat', 'fencing', 'volumes', 'pools', 'faults']);
   const c = obj(top.cluster, 'cluster', ['name', 'id', 'secret']);
   const n = obj(top.node, 'node', ['name', 'dataDir', 'syncListen', 'apiListen', 'nbdListen']);
   const p = obj(top.peer, 'peer', ['name', 'syncAddress']);
@@ -202,7 +209,15 @@ export function parseNodeConfig(text: string): NodeConfig {
     fencing,
     volumes,
     pools,
+    faults: parseFaults(top.faults),
   };
+}
+
+function parseFaults(v: unknown): FaultsConfig {
+  const f = obj(v ?? {}, 'faults', ['enabled']);
+  const enabled = f.enabled ?? false;
+  if (typeof enabled !== 'boolean') fail('faults.enabled', 'must be true or false');
+  return { enabled };
 }
 
 /** Without `links`, one link beside the sync addresses: each side's sync port + 1, over UDP. */
