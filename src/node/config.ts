@@ -5,12 +5,10 @@ import { activityLogDefaults, activityLogLimits } from '../core/activity-log';
 import { parseSplitBrainPolicy, type SplitBrainPolicy } from '../core/generations';
 import type { CacheMode } from '../replication/replica';
 import { parseHostPort } from '../util/address';
-import { CodedError } from '../util/coded-error';
+import { ConfigError, fail, hex, obj, type Obj } from '../util/config-fields';
 import { parseSize } from '../util/size';
 
-export class ConfigError extends CodedError<'ERR_CONFIG'> {
-  override readonly name = 'ConfigError';
-}
+export { ConfigError };
 
 export interface HostPort { readonly host: string; readonly port: number }
 
@@ -86,19 +84,9 @@ export const configLimits = { volumesMax: 64, poolsMax: 64, heartbeatLinksMax: 8
 const FENCING_POLICIES: readonly FencingPolicy[] = ['none', 'ignore', 'manual', 'fence', 'witness'];
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
-const HEX = /^(?:[0-9a-f]{2})+$/;
 
-type Obj = Record<string, unknown>;
 
-function fail(where: string, why: string): never {
-  throw new ConfigError('ERR_CONFIG', `${where}: ${why}`);
-}
 
-function obj(v: unknown, where: string, keys: readonly string[]): Obj {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) fail(where, 'must be an object');
-  for (const k of Object.keys(v)) if (!keys.includes(k)) fail(`${where}.${k}`, `unknown key (known: ${keys.join(', ')})`);
-  return v as Obj;
-}
 
 function str(o: Obj, k: string, where: string, def?: string): string {
   const v = o[k] ?? def;
@@ -118,13 +106,6 @@ function hostPort(o: Obj, k: string, where: string): HostPort {
   return a;
 }
 
-function hex(o: Obj, k: string, where: string, minBytes: number, maxBytes: number): Buffer {
-  const v = str(o, k, where).toLowerCase();
-  if (!HEX.test(v) || v.length / 2 < minBytes || v.length / 2 > maxBytes) {
-    fail(`${where}.${k}`, `must be ${minBytes === maxBytes ? minBytes * 2 : `${minBytes * 2} to ${maxBytes * 2}`} hex digits`);
-  }
-  return Buffer.from(v, 'hex');
-}
 
 function int(o: Obj, k: string, where: string, def: number, min: number, max: number): number {
   const v = o[k] ?? def;

@@ -2,7 +2,7 @@
 // clear error naming the key, and the witness does not start:
 //   { "name": "witness", "stateFile": "PATH", "clusters": [{ "id": "32 hex", "secret": "hex" }] }
 import path from 'node:path';
-import { ConfigError } from '../node/config';
+import { fail, hex, obj } from '../util/config-fields';
 import { WITNESS_NAME } from '../protocol/witness/codec';
 import { witnessLimits } from '../protocol/witness/limits';
 
@@ -20,29 +20,10 @@ export interface WitnessConfig {
 }
 
 const FILE_BYTES_MAX = 1024 * 1024;
-const HEX = /^(?:[0-9a-f]{2})+$/;
 
-type Obj = Record<string, unknown>;
 
-function fail(where: string, why: string): never {
-  throw new ConfigError('ERR_CONFIG', `${where}: ${why}`);
-}
 
-function obj(v: unknown, where: string, keys: readonly string[]): Obj {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) fail(where, 'must be an object');
-  for (const k of Object.keys(v)) if (!keys.includes(k)) fail(`${where === 'config' ? '' : `${where}.`}${k}`, `unknown key (known: ${keys.join(', ')})`);
-  return v as Obj;
-}
 
-function hex(o: Obj, k: string, where: string, minBytes: number, maxBytes: number): Buffer {
-  const v = o[k];
-  if (v === undefined) fail(`${where}.${k}`, 'is required');
-  const digits = minBytes === maxBytes ? `${minBytes * 2}` : `${minBytes * 2} to ${maxBytes * 2}`;
-  if (typeof v !== 'string' || !HEX.test(v.toLowerCase()) || v.length / 2 < minBytes || v.length / 2 > maxBytes) {
-    fail(`${where}.${k}`, `must be ${digits} hex digits`);
-  }
-  return Buffer.from(v, 'hex');
-}
 
 /** Parses and checks a witness configuration; `baseDir` anchors a relative stateFile. Throws ConfigError. */
 export function parseWitnessConfig(text: string, baseDir: string): WitnessConfig {
