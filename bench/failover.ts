@@ -4,12 +4,12 @@
 // with SIGKILL; the time to the first write acknowledged again through the same
 // address is one sample. The killed node restarts and resyncs before the next
 // run, which kills the new owner: the pool moves back and forth.
-import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { NbdClient } from '../test/helpers/nbd-client';
-import { BenchCluster, getJson, sleep, tandemBin, type BenchNode } from './cluster';
+import { startWitness } from '../test/helpers/witness-process';
+import { BenchCluster, getJson, sleep, type BenchNode } from './cluster';
 import { freePort, track } from './procs';
 
 export const failoverId = 'failover';
@@ -47,19 +47,6 @@ async function connect(host: string, port: number, deadline: number): Promise<Nb
   }
 }
 
-async function startWitness(dir: string, listen: string, clusterJson: { id: string; secret: string }): Promise<() => Promise<void>> {
-  const config = path.join(dir, 'witness.json');
-  fs.writeFileSync(config, JSON.stringify({ stateFile: path.join(dir, 'witness-state.json'), clusters: [clusterJson] }), { mode: 0o600 });
-  const child = track(spawn(process.execPath, [tandemBin, 'witness', '--listen', listen, '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] }), 'tandem witness');
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  await new Promise<void>((resolve, reject) => {
-    let out = '';
-    child.stdout?.on('data', (d: Buffer) => { out += d.toString(); if (out.includes('listening')) resolve(); });
-    child.once('exit', (code) => reject(new Error(`the witness exited with ${code}`)));
-  });
-  return async () => { child.kill('SIGKILL'); await exited; };
-}
-
 /** Waits until `owner` serves the pool and the other node is its in-sync SECONDARY. */
 async function settled(c: BenchCluster, owner: BenchNode, other: BenchNode, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -76,7 +63,9 @@ export async function measureFailover(work: string, runs: number, log: (s: strin
   const [witnessPort, poolPort] = [await freePort(WITNESS_HOST), await freePort(POOL_HOST)];
   const c = await BenchCluster.create(dir, { size: VOLUME_BYTES, cacheMode: 'write-back', checksumResync: true },
     { witness: `${WITNESS_HOST}:${witnessPort}`, poolNbd: `${POOL_HOST}:${poolPort}` });
-  const stopWitness = await startWitness(dir, `${WITNESS_HOST}:${witnessPort}`, c.secrets());
+  const { id, secret } = c.secrets();
+  const witness = await startWitness(dir, WITNESS_HOST, witnessPort, { clusterId: id, secret });
+  track(witness.child, 'tandem witness');
   const ms: number[] = [];
   const notes: string[] = [];
   try {
@@ -114,7 +103,7 @@ export async function measureFailover(work: string, runs: number, log: (s: strin
     notes.push(`${runs} runs: median ${(sorted[Math.floor((sorted.length - 1) / 2)] ?? 0).toFixed(0)} ms, worst ${(sorted.at(-1) ?? 0).toFixed(0)} ms, best ${(sorted[0] ?? 0).toFixed(0)} ms`);
     return { ms, notes };
   } finally {
-    await stopWitness();
+    await witness.stop();
     await c.destroy();
   }
 }

@@ -152,6 +152,11 @@ export class SharedState {
     });
   }
 
+  /** Only what a lease needs: cheap enough for the write path (no counters copied). */
+  readAcks(): { peerAckSentAt: number; witnessAckSentAt: number } {
+    return this.read(LOCK_WORKER, () => ({ peerAckSentAt: this.slots[PEER_ACK_SENT_AT] as number, witnessAckSentAt: this.slots[WITNESS_ACK_SENT_AT] as number }));
+  }
+
   private write(lock: number, f: () => void): void {
     Atomics.add(this.locks, lock, 1);
     f();

@@ -260,6 +260,12 @@ export class Heartbeat extends EventEmitter<HeartbeatEvents> {
   }
 
   /** The newest times and counters (shared memory), with the peer and link states as last reported. */
+  /** The send times of the newest heartbeat the peer echoed and RENEW the witness granted (null: none yet). */
+  acks(): { peerAckSentAt: number | null; witnessAckSentAt: number | null } {
+    const a = this.shared.readAcks();
+    return { peerAckSentAt: orNull(a.peerAckSentAt), witnessAckSentAt: orNull(a.witnessAckSentAt) };
+  }
+
   snapshot(): HeartbeatSnapshot {
     const w = this.shared.readWorker();
     return {

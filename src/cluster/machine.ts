@@ -42,7 +42,7 @@ export function step(config: MachineConfig, state: MachineState, event: MachineE
   const actions: MachineAction[] = changed ? [{ type: 'persist', state: after }, ...c.out] : c.out;
   // the peer learns only what is on disk here; at start nobody is listening yet
   if (event.type !== 'start' && (changed || c.sendState)) {
-    actions.push({ type: 'send-peer', message: { kind: 'state', pools: after.pools, maintenance: after.maintenance, active: servedPools(c.s) } });
+    actions.push({ type: 'send-peer', message: stateMessage(c.s) });
     c.set({ stateSentAt: c.now });
   }
   return { state: c.s, actions };
@@ -167,8 +167,10 @@ function peerState(c: Ctx, m: Extract<PeerMessage, { kind: 'state' }>): void {
 }
 
 /** Pools this node serves now, for the peer's view of an owner conflict. */
-function servedPools(s: MachineState): string[] {
-  return s.pools.filter((p) => p.phase === 'ACTIVE' || p.phase === 'SUSPENDED').map((p) => p.name);
+/** This node's 'state' message: its persisted records and the pools it serves now (an owner conflict shows in those). */
+export function stateMessage(s: MachineState): PeerMessage {
+  const { pools, maintenance } = persistedOf(s);
+  return { kind: 'state', pools, maintenance, active: s.pools.filter((p) => p.phase === 'ACTIVE' || p.phase === 'SUSPENDED').map((p) => p.name) };
 }
 
 function adopt(c: Ctx, name: string, r: PoolRecord, why: string): void {

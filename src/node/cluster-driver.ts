@@ -6,7 +6,7 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Heartbeat } from '../cluster/heartbeat';
-import { initialState, leaseExpiresAt, poolViews, step, type MachineState } from '../cluster/machine';
+import { initialState, leaseExpiresAt, poolViews, stateMessage, step, type MachineState } from '../cluster/machine';
 import type {
   Command, MachineAction, MachineConfig, MachineEvent, PeerMessage, PersistedState, PoolRecord, VolumeFacts, WitnessRequest,
 } from '../cluster/machine-types';
@@ -129,8 +129,6 @@ export class ClusterDriver {
   private readonly aloneWaiters = new Map<number, (allow: boolean) => void>();
   private readonly commandWaiters = new Map<number, (r: { ok: boolean; message: string }) => void>();
   private nextId = 1;
-  private links = { up: 0, total: 0 };
-  private peerUp = false;
   /** the peer's last state over the current sync link */
   private peerState: PeerMessage | undefined;
   private readonly activity: ActivityEntry[] = [];
@@ -140,7 +138,6 @@ export class ClusterDriver {
     this.config = machineConfig(cfg);
     this.state = initialState(this.config);
     this.stateFile = path.join(cfg.node.dataDir, STATE_FILE);
-    this.links = { up: 0, total: cfg.heartbeat.links.length };
   }
 
   async start(): Promise<void> {
@@ -154,17 +151,14 @@ export class ClusterDriver {
       witnessTimeoutMs: cfg.fencing.witnessTimeoutMs,
     });
     this.heartbeat.on('peer-up', (incarnationSeen: number) => {
-      this.peerUp = true;
       this.dispatch({ type: 'peer-up', now: monotonicMs(), incarnation: incarnationSeen });
       // the sync link may have brought the peer's state before its first heartbeat: it still holds
       if (this.peerState !== undefined) this.dispatch({ type: 'peer-message', now: monotonicMs(), message: this.peerState });
     });
     this.heartbeat.on('peer-down', (lastHeardAt: number) => {
-      this.peerUp = false;
       this.dispatch({ type: 'peer-down', now: monotonicMs(), lastHeardAt });
     });
     this.heartbeat.on('links', (up: number, total: number) => {
-      this.links = { up, total };
       this.dispatch({ type: 'links', now: monotonicMs(), up, total });
     });
     await this.heartbeat.start();
@@ -181,7 +175,7 @@ export class ClusterDriver {
     hb.stampMain();
     const now = monotonicMs();
     this.reportVolumes(now);
-    const s = hb.snapshot();
+    const s = hb.acks();
     this.dispatch({ type: 'tick', now, peerAckSentAt: s.peerAckSentAt, witnessAckSentAt: s.witnessAckSentAt });
   }
 
@@ -205,9 +199,7 @@ export class ClusterDriver {
 
   /** The sync link is up: the peer's machine needs ours before anything else. */
   onLinkUp(): void {
-    const p = this.persisted();
-    const active = poolViews(this.state).filter((v) => v.phase === 'ACTIVE' || v.phase === 'SUSPENDED').map((v) => v.name);
-    this.sendPeer({ kind: 'state', pools: p.pools, maintenance: p.maintenance, active });
+    this.sendPeer(stateMessage(this.state));
   }
 
   onPeerMessage(json: string): void {
@@ -232,7 +224,7 @@ export class ClusterDriver {
       }),
       mayAckAlone: () => {
         if (this.config.policy !== 'witness' || this.state.maintenance || this.state.peerMaintenance) return true;
-        const s = this.heartbeat?.snapshot();
+        const s = this.heartbeat?.acks();
         const acked = Math.max(s?.peerAckSentAt ?? -Infinity, s?.witnessAckSentAt ?? -Infinity);
         return monotonicMs() < acked + this.config.leaseMs;
       },
@@ -258,17 +250,12 @@ export class ClusterDriver {
     return {
       policy: this.config.policy,
       maintenance: this.state.maintenance,
-      peer: { up: this.peerUp, links: { ...this.links } },
+      // the machine's view: what it decides on is what status shows
+      peer: { up: this.state.peer.up, links: { ...(this.state.links ?? { up: 0, total: this.cfg.heartbeat.links.length }) } },
       pools: poolViews(this.state),
       heartbeat: { ...(this.heartbeat?.snapshot().counters ?? {}) },
       activity: [...this.activity],
     };
-  }
-
-  private persisted(): PersistedState {
-    const pools: Record<string, PoolRecord> = {};
-    for (const v of poolViews(this.state)) pools[v.name] = { owner: v.owner, term: v.term };
-    return { pools, maintenance: this.state.maintenance };
   }
 
   private dispatch(event: MachineEvent): void {
@@ -278,7 +265,7 @@ export class ClusterDriver {
     const hb = this.heartbeat;
     const until = leaseExpiresAt(this.config, this.state);
     if (event.type !== 'tick' && hb !== undefined && this.state.started && until !== null && event.now >= until) {
-      const s = hb.snapshot();
+      const s = hb.acks();
       this.dispatch({ type: 'tick', now: event.now, peerAckSentAt: s.peerAckSentAt, witnessAckSentAt: s.witnessAckSentAt });
     }
     const r = step(this.config, this.state, event);

@@ -145,7 +145,7 @@ export class NodeDaemon {
       },
       volumeFacts: (v): VolumeFacts => {
         const r = this.need(v);
-        return { diskState: r.diskState, connected: r.status().connection === 'connected', inSync: r.inSync };
+        return { diskState: r.diskState, connected: r.isConnected, inSync: r.inSync };
       },
       sendPeer: (json) => {
         const link = this.link;
@@ -297,7 +297,7 @@ export class NodeDaemon {
           const at = p.nbdListen ?? this.cfg.node.nbdListen;
           for (const v of p.volumes) {
             const r = this.need(v);
-            if (r.role !== 'PRIMARY' || this.leaving.has(v) || r.status().suspended !== null) continue;
+            if (r.role !== 'PRIMARY' || this.leaving.has(v) || r.isSuspended) continue;
             const key = `${at.host}:${at.port}`;
             const w = wanted.get(key) ?? { at, replicas: [] };
             w.replicas.push(r);

@@ -35,7 +35,6 @@ export class ReplicaError extends CodedError<string> {
   override readonly name = 'ReplicaError';
 }
 
-/** What a primary does with a write its peer did not take: the cluster decides (fencing, quorum). */
 /**
  * Whether this copy may acknowledge writes its peer did not take (docs/cluster.md): the cluster's
  * fencing policy decides. Without one, a copy goes on alone.
@@ -182,6 +181,10 @@ export class Replica {
   }
 
   get role(): Role { return this.roleNow; }
+  /** mirroring with the peer now */
+  get isConnected(): boolean { return this.connection === 'connected'; }
+  /** client writes are suspended by the cluster */
+  get isSuspended(): boolean { return this.suspended !== undefined; }
   /** no meeting with the peer under way: connected, standalone, or no link at all */
   get settled(): boolean { return this.session === undefined || this.connection !== 'connecting'; }
   /** connected, no resync running or owed, both copies UpToDate */
