@@ -217,6 +217,10 @@ function eventsOf(s: Side, type: Recorded['type'], since = -Infinity): Recorded[
 async function bothUp(p: Pair): Promise<void> {
   await waitFor('both sides peer-up', () => eventsOf(p.alpha, 'peer-up').length > 0 && eventsOf(p.beta, 'peer-up').length > 0);
   await waitFor('both links up on both sides', () => p.alpha.hb.snapshot().links.up === 2 && p.beta.hb.snapshot().links.up === 2);
+  // The snapshot is shared memory and runs ahead of the posted events: wait until the events have caught up
+  // too, or a start-up "links 1 of 2" still in the queue is recorded after the caller's next timestamp.
+  const lastLinks = (s: Side): unknown => eventsOf(s, 'links').at(-1)?.args[0];
+  await waitFor('the links events caught up', () => [p.alpha, p.beta].every((s) => lastLinks(s) === 2));
 }
 
 /** Blocks this thread (both sides' main thread) for ms, calling sample() every 20 ms of it. */
