@@ -14,6 +14,7 @@ export const adminUsage = `usage: tandem status   --api HOST:PORT [--json]
        tandem connect  VOLUME --api HOST:PORT
        tandem disconnect VOLUME --api HOST:PORT
        tandem swap     POOL --api HOST:PORT       (planned switchover to the peer)
+       tandem pool move POOL --node NODE --api HOST:PORT  (ask the owner to migrate the pool to NODE)
        tandem maintenance on|off --api HOST:PORT  (nothing moves automatically while on)
 --api defaults to $TANDEM_API, then 127.0.0.1:7780.`;
 
@@ -68,6 +69,8 @@ function formatStatus(s: NodeStatus): string {
     lines.push(['POOL', 'OWNER', 'TERM', 'PHASE', ''].map((h, i) => h.padEnd([12, 12, 6, 14, 0][i] as number)).join(''));
     for (const p of c.pools) {
       lines.push([p.name, p.owner, String(p.term), p.phase, p.reason ?? ''].map((x, i) => x.padEnd([12, 12, 6, 14, 0][i] as number)).join(''));
+      if ((p.floatingIps ?? []).length > 0) lines.push(`  floating IPs: ${(p.floatingIps ?? []).join(', ')}`);
+      if ((p.exports ?? []).length > 0) lines.push(`  exports: ${(p.exports ?? []).join(', ')}`);
     }
   }
   return lines.join('\n') + '\n';
@@ -83,6 +86,7 @@ export async function runAdmin(command: string, args: string[]): Promise<number>
         resync: { type: 'boolean', default: false },
         force: { type: 'boolean', default: false },
         discard: { type: 'string' },
+        node: { type: 'string' },
       },
     });
   } catch (e) {
@@ -99,6 +103,13 @@ export async function runAdmin(command: string, args: string[]): Promise<number>
   if (command === 'maintenance') {
     if (positionals.length !== 1 || (positionals[0] !== 'on' && positionals[0] !== 'off')) throw new UsageError('maintenance takes on or off');
     out(await call(values.api, 'POST', '/api/v1/maintenance', { on: positionals[0] === 'on' }), `maintenance ${positionals[0]}\n`);
+    return 0;
+  }
+  if (command === 'pool') {
+    // tandem pool move POOL --node NODE
+    if (positionals[0] !== 'move' || positionals.length !== 2 || values.node === undefined) throw new UsageError('pool move needs POOL and --node NODE');
+    const r = await call(values.api, 'POST', `/api/v1/pools/${encodeURIComponent(positionals[1] as string)}/move`, { node: values.node }) as { message: string };
+    out(r, `${r.message}\n`);
     return 0;
   }
   if (command === 'swap') {

@@ -20,6 +20,7 @@ commands:
   resolve   after a split brain, discard one node's changes
   promote, demote, connect, disconnect   per-volume operator commands
   swap      hand a pool over to the peer (planned switchover)
+  pool move POOL --node NODE   migrate a pool to a node
   maintenance on|off   nothing moves automatically while on
   serve     serve volumes over NBD without a cluster (tandem serve --help)
   witness   run the tiebreaker of two-node clusters (tandem witness --help)
@@ -49,6 +50,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'resolve':
       case 'promote':
       case 'swap':
+      case 'pool':
       case 'maintenance':
       case 'demote':
       case 'connect':
@@ -72,7 +74,7 @@ export async function main(argv: string[]): Promise<number> {
   } catch (e) {
     if (e instanceof UsageError) {
       const help = command === 'serve' ? serveUsage : command === 'node' ? nodeUsage : command === 'witness' ? witnessUsage
-        : ['status', 'verify', 'resolve', 'promote', 'demote', 'connect', 'disconnect', 'swap', 'maintenance'].includes(command ?? '') ? adminUsage : usage;
+        : ['status', 'verify', 'resolve', 'promote', 'demote', 'connect', 'disconnect', 'swap', 'pool', 'maintenance'].includes(command ?? '') ? adminUsage : usage;
       process.stderr.write(`tandem: ${e.message}\n${help}\n`);
       return 2;
     }

@@ -84,12 +84,13 @@ export class NbdServer {
   get connectionCount(): number { return this.connections.size; }
 
   listen(host: string, port: number): Promise<net.AddressInfo> {
+    // both handlers go on a failure too, so retrying a busy port does not pile up listeners
     return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen({ host, port, exclusive: true }, () => {
-        this.server.off('error', reject);
-        resolve(this.server.address() as net.AddressInfo);
-      });
+      const onError = (e: Error): void => { this.server.off('listening', onListening); reject(e); };
+      const onListening = (): void => { this.server.off('error', onError); resolve(this.server.address() as net.AddressInfo); };
+      this.server.once('error', onError);
+      this.server.once('listening', onListening);
+      this.server.listen({ host, port, exclusive: true });
     });
   }
 

@@ -52,6 +52,23 @@ function bool(body: Record<string, unknown>, key: string): boolean {
   return v;
 }
 
+/**
+ * A manual migration: the owner hands the pool over (a swap) and no constraint is left behind,
+ * so the pool fails over and back as before. Asked of the owner; moving to where it is is a no-op.
+ */
+async function movePool(d: NodeDaemon, pool: string, node: string): Promise<string> {
+  const self = d.cfg.node.name;
+  const peer = d.cfg.peer.name;
+  if (node !== self && node !== peer) throw new ApiError(404, 'ERR_UNKNOWN_NODE', `no node named ${JSON.stringify(node)} in this cluster (${self}, ${peer})`);
+  const view = d.cluster.status().pools.find((p) => p.name === pool);
+  if (view === undefined) throw new ApiError(404, 'ERR_UNKNOWN_POOL', `no pool named ${JSON.stringify(pool)}`);
+  if (view.owner === node) return `pool ${pool} is on ${node} already (${view.phase} here)`;
+  if (view.owner !== self) throw new ApiError(409, 'ERR_NOT_OWNER', `pool ${pool} is owned by ${view.owner}: ask ${view.owner}'s API to move it`);
+  const r = await d.cluster.command({ kind: 'swap', pool });
+  if (!r.ok) throw new ApiError(409, 'ERR_REFUSED', r.message);
+  return `pool ${pool} moved to ${node}: ${r.message}`;
+}
+
 async function route(d: NodeDaemon, method: string, url: string, body: () => Promise<Record<string, unknown>>): Promise<unknown> {
   if (method === 'GET' && url === '/api/v1/status') return d.status();
   if (url === '/api/v1/faults/disk-stall') {
@@ -64,6 +81,15 @@ async function route(d: NodeDaemon, method: string, url: string, body: () => Pro
     }
     d.stallDisk(ms);
     return { ok: true, stallMs: ms };
+  }
+  const mv = /^\/api\/v1\/pools\/([^/]+)\/move$/.exec(url);
+  if (mv !== null) {
+    if (method !== 'POST') throw new ApiError(405, 'ERR_METHOD', `${url} takes POST`);
+    const pool = decodeURIComponent(mv[1] as string);
+    if (!d.cfg.pools.some((p) => p.name === pool)) throw new ApiError(404, 'ERR_UNKNOWN_POOL', `no pool named ${JSON.stringify(pool)}`);
+    const node = (await body()).node;
+    if (typeof node !== 'string') throw new ApiError(400, 'ERR_BAD_REQUEST', 'node must name the node to move the pool to');
+    return { ok: true, message: await movePool(d, pool, node), cluster: d.cluster.status() };
   }
   const pm = /^\/api\/v1\/pools\/([^/]+)\/(promote|demote|swap)$/.exec(url);
   if (pm !== null || url === '/api/v1/maintenance') {

@@ -10,6 +10,7 @@ import { initialState, leaseExpiresAt, poolViews, stateMessage, step, type Machi
 import type {
   Command, MachineAction, MachineConfig, MachineEvent, PeerMessage, PersistedState, PoolRecord, VolumeFacts, WitnessRequest,
 } from '../cluster/machine-types';
+import type { StepReporter } from '../pool/steps';
 import type { AlonePolicy } from '../replication/replica';
 import type { ClusterStateStatus } from '../replication/status';
 import { writeFileAtomic } from '../storage/atomic-file';
@@ -24,12 +25,16 @@ export class ClusterError extends CodedError<'ERR_CLUSTER_STATE' | 'ERR_CLUSTER_
 
 /** What the driver needs from the daemon. */
 export interface ClusterHost {
-  /** promotes the pool's volumes and starts its exports; throws why it could not */
-  activate(pool: PoolConfig): Promise<void>;
-  /** stops the pool's exports, then flushes and demotes its volumes */
-  deactivate(pool: PoolConfig): Promise<void>;
+  /**
+   * promotes the pool's volumes, adds its floating IPs, starts its exports; throws why it could not,
+   * having undone the steps before the failing one. Reports every step.
+   */
+  activate(pool: PoolConfig, report: StepReporter): Promise<void>;
+  /** stops the pool's exports, removes its floating IPs, then flushes and demotes its volumes */
+  deactivate(pool: PoolConfig, report: StepReporter): Promise<void>;
+  /** writes fail; exports stop and floating IPs go, so the peer may take them */
   suspend(pool: PoolConfig, reason: string): void;
-  resume(pool: PoolConfig): void;
+  resume(pool: PoolConfig, report: StepReporter): void;
   volumeFacts(volume: string): VolumeFacts;
   /** sends a CLUSTER message if the sync link is up; false if it is not */
   sendPeer(json: string): boolean;
@@ -40,6 +45,10 @@ export interface ActivityEntry {
   readonly level: 'info' | 'warn' | 'error';
   readonly event: string;
   readonly message: string;
+  /** for a pool step: which pool, how long it took, whether it worked */
+  readonly pool?: string;
+  readonly ms?: number;
+  readonly ok?: boolean;
 }
 
 export const clusterLimits = { poolsInMessage: 1024, activityEntries: 200, fenceOutputBytes: 64 * 1024, stateFileBytes: 1024 * 1024 } as const;
@@ -281,7 +290,7 @@ export class ClusterDriver {
         return;
       case 'activate': {
         const pool = this.pool(a.pool);
-        this.host.activate(pool).then(
+        this.host.activate(pool, this.stepReporter(a.pool)).then(
           () => this.dispatch({ type: 'activated', now: monotonicMs(), pool: a.pool, ok: true }),
           (e: unknown) => this.dispatch({ type: 'activated', now: monotonicMs(), pool: a.pool, ok: false, error: (e as Error).message }),
         );
@@ -289,7 +298,7 @@ export class ClusterDriver {
       }
       case 'deactivate': {
         const pool = this.pool(a.pool);
-        this.host.deactivate(pool).catch((e: unknown) => {
+        this.host.deactivate(pool, this.stepReporter(a.pool)).catch((e: unknown) => {
           this.note('error', 'deactivate-failed', `pool ${a.pool}: ${(e as Error).message}`);
         }).finally(() => this.dispatch({ type: 'deactivated', now: monotonicMs(), pool: a.pool }));
         return;
@@ -298,7 +307,7 @@ export class ClusterDriver {
         this.host.suspend(this.pool(a.pool), a.reason);
         return;
       case 'resume':
-        this.host.resume(this.pool(a.pool));
+        this.host.resume(this.pool(a.pool), this.stepReporter(a.pool));
         return;
       case 'fence':
         this.runFence(a.seq);
@@ -337,10 +346,19 @@ export class ClusterDriver {
     this.host.sendPeer(JSON.stringify(m));
   }
 
-  private note(level: ActivityEntry['level'], event: string, message: string): void {
-    this.log[level](message, { event });
-    this.activity.push({ at: new Date().toISOString(), level, event, message });
+  private note(level: ActivityEntry['level'], event: string, message: string, extra: Pick<ActivityEntry, 'pool' | 'ms' | 'ok'> = {}): void {
+    this.log[level](message, { event, ...extra });
+    this.activity.push({ at: new Date().toISOString(), level, event, message, ...extra });
     if (this.activity.length > clusterLimits.activityEntries) this.activity.shift();
+  }
+
+  /** every step of taking a pool up or down goes to the activity log with its outcome and duration */
+  private stepReporter(pool: string): StepReporter {
+    return (r) => {
+      const verb = r.phase === 'run' ? '' : r.phase === 'undo' ? 'undo ' : 'release ';
+      const outcome = r.ok ? `done in ${r.ms} ms` : `failed after ${r.ms} ms: ${r.error ?? 'unknown error'}`;
+      this.note(r.ok ? 'info' : 'error', `pool-${r.phase}`, `pool ${pool}: ${verb}${r.step}: ${outcome}`, { pool, ms: r.ms, ok: r.ok });
+    };
   }
 
   private runFence(seq: number): void {

@@ -4,6 +4,7 @@ import type { FencingPolicy } from '../cluster/machine-types';
 import { activityLogDefaults, activityLogLimits } from '../core/activity-log';
 import { parseSplitBrainPolicy, type SplitBrainPolicy } from '../core/generations';
 import type { CacheMode } from '../replication/replica';
+import { isLoopbackAddress, parseCidr, type FloatingIp, type FloatingIpDriverName } from '../pool/floating-ip';
 import { parseHostPort } from '../util/address';
 import { ConfigError, fail, hex, obj, type Obj } from '../util/config-fields';
 import { parseSize } from '../util/size';
@@ -53,8 +54,19 @@ export interface PoolConfig {
   readonly volumes: readonly string[];
   readonly preferredNode: string;
   readonly autoFailback: boolean;
-  /** where the pool's owner exports its volumes; node.nbdListen when absent */
+  /** where the pool's owner exports its volumes without floating IPs; node.nbdListen when absent */
   readonly nbdListen: HostPort | null;
+  /** the addresses that follow the pool; its exports listen on each, at nbdPort */
+  readonly floatingIps: readonly FloatingIp[];
+  readonly nbdPort: number;
+}
+
+export interface FloatingIpConfig {
+  readonly driver: FloatingIpDriverName;
+  /** how long the duplicate-address probe before adding an address waits for an answer */
+  readonly probeMs: number;
+  /** gratuitous ARPs (or unsolicited NAs) of each kind after adding, one a second */
+  readonly announceCount: number;
 }
 
 /** test and diagnostic hooks (docs/cluster.md, "Fault injection"); off unless the file turns them on */
@@ -76,10 +88,15 @@ export interface NodeConfig {
   readonly volumes: readonly VolumeConfig[];
   /** without a `pools` key, each volume is a pool of its own, named after it */
   readonly pools: readonly PoolConfig[];
+  readonly floatingIp: FloatingIpConfig;
   readonly faults: FaultsConfig;
 }
 
-export const configLimits = { volumesMax: 64, poolsMax: 64, heartbeatLinksMax: 8, fenceArgsMax: 64, fileBytesMax: 1024 * 1024 } as const;
+export const configLimits = {
+  volumesMax: 64, poolsMax: 64, heartbeatLinksMax: 8, fenceArgsMax: 64, fileBytesMax: 1024 * 1024, floatingIpsPerPoolMax: 16,
+} as const;
+
+const FLOATING_IP_DRIVERS: readonly FloatingIpDriverName[] = ['linux', 'loopback'];
 
 const FENCING_POLICIES: readonly FencingPolicy[] = ['none', 'ignore', 'manual', 'fence', 'witness'];
 
@@ -130,7 +147,7 @@ export function parseNodeConfig(text: string): NodeConfig {
   } catch (e) {
     fail('config', `not JSON: ${(e as Error).message}`);
   }
-  const top = obj(raw, 'config', ['cluster', 'node', 'peer', 'sync', 'heartbeat', 'fencing', 'volumes', 'pools', 'faults']);
+  const top = obj(raw, 'config', ['cluster', 'node', 'peer', 'sync', 'heartbeat', 'fencing', 'volumes', 'pools', 'floatingIp', 'faults']);
   const c = obj(top.cluster, 'cluster', ['name', 'id', 'secret']);
   const n = obj(top.node, 'node', ['name', 'dataDir', 'syncListen', 'apiListen', 'nbdListen']);
   const p = obj(top.peer, 'peer', ['name', 'syncAddress']);
@@ -169,9 +186,13 @@ export function parseNodeConfig(text: string): NodeConfig {
   const syncAddress = hostPort(p, 'syncAddress', 'peer');
   const heartbeat = parseHeartbeat(top.heartbeat, syncListen, syncAddress);
   const fencing = parseFencing(top.fencing, heartbeat);
+  const nbdListen = hostPort(n, 'nbdListen', 'node');
+  const floatingIp = parseFloatingIpConfig(top.floatingIp);
   const pools = top.pools === undefined
-    ? volumes.map((v): PoolConfig => ({ name: v.name, volumes: [v.name], preferredNode: v.primary, autoFailback: false, nbdListen: null }))
-    : parsePools(top.pools, volumes, [nodeName, peerName]);
+    ? volumes.map((v): PoolConfig => ({
+      name: v.name, volumes: [v.name], preferredNode: v.primary, autoFailback: false, nbdListen: null, floatingIps: [], nbdPort: nbdListen.port,
+    }))
+    : parsePools(top.pools, volumes, [nodeName, peerName], floatingIp.driver, nbdListen.port);
   const poolOf = new Map(pools.flatMap((pc) => pc.volumes.map((v) => [v, pc] as const)));
   for (const [i, v] of volumes.entries()) {
     const pc = poolOf.get(v.name) as PoolConfig;
@@ -182,7 +203,7 @@ export function parseNodeConfig(text: string): NodeConfig {
     cluster: { name: name(c, 'name', 'cluster'), id: hex(c, 'id', 'cluster', 16, 16), secret: hex(c, 'secret', 'cluster', 16, 1024) },
     node: {
       name: nodeName, dataDir: str(n, 'dataDir', 'node'),
-      syncListen, apiListen: hostPort(n, 'apiListen', 'node'), nbdListen: hostPort(n, 'nbdListen', 'node'),
+      syncListen, apiListen: hostPort(n, 'apiListen', 'node'), nbdListen,
     },
     peer: { name: peerName, syncAddress },
     sync: { pingIntervalMs, timeoutMs, reconnectMs: int(s, 'reconnectMs', 'sync', 500, 10, 600_000) },
@@ -190,6 +211,7 @@ export function parseNodeConfig(text: string): NodeConfig {
     fencing,
     volumes,
     pools,
+    floatingIp,
     faults: parseFaults(top.faults),
   };
 }
@@ -249,13 +271,44 @@ function parseFencing(v: unknown, hb: HeartbeatConfig): FencingConfig {
   };
 }
 
-function parsePools(v: unknown, volumes: readonly VolumeConfig[], nodes: readonly string[]): PoolConfig[] {
+function parseFloatingIpConfig(v: unknown): FloatingIpConfig {
+  const where = 'floatingIp';
+  const f = obj(v ?? {}, where, ['driver', 'probeMs', 'announceCount']);
+  const driver = str(f, 'driver', where, 'linux') as FloatingIpDriverName;
+  if (!FLOATING_IP_DRIVERS.includes(driver)) fail(`${where}.driver`, `must be one of ${FLOATING_IP_DRIVERS.join(', ')}`);
+  return { driver, probeMs: int(f, 'probeMs', where, 300, 10, 10_000), announceCount: int(f, 'announceCount', where, 3, 0, 10) };
+}
+
+function parseFloatingIps(v: unknown, where: string, driver: FloatingIpDriverName): FloatingIp[] {
+  if (v === undefined) return [];
+  if (!Array.isArray(v) || v.length > configLimits.floatingIpsPerPoolMax) fail(where, `must be a list of at most ${configLimits.floatingIpsPerPoolMax} addresses`);
+  return v.map((x, i): FloatingIp => {
+    const at = `${where}[${i}]`;
+    const o = obj(x, at, ['address', 'interface']);
+    let cidr: ReturnType<typeof parseCidr>;
+    try {
+      cidr = parseCidr(str(o, 'address', at));
+    } catch (e) {
+      fail(`${at}.address`, (e as Error).message);
+    }
+    const loopback = isLoopbackAddress(cidr.address);
+    if (driver === 'loopback' && !loopback) fail(`${at}.address`, `the loopback driver moves only 127.0.0.0/8 and ::1 addresses; ${cidr.address} needs floatingIp.driver "linux"`);
+    if (driver === 'linux' && loopback) fail(`${at}.address`, `${cidr.address} is a loopback address: use floatingIp.driver "loopback" for a cluster on one machine`);
+    const iface = o.interface === undefined && driver === 'loopback' ? 'lo' : str(o, 'interface', at);
+    if (!/^[A-Za-z0-9._@-]{1,15}$/.test(iface)) fail(`${at}.interface`, `${JSON.stringify(iface)} is not an interface name (at most 15 characters)`);
+    return { ...cidr, interface: iface };
+  });
+}
+
+function parsePools(
+  v: unknown, volumes: readonly VolumeConfig[], nodes: readonly string[], driver: FloatingIpDriverName, defaultNbdPort: number,
+): PoolConfig[] {
   if (!Array.isArray(v) || v.length === 0) fail('pools', 'must be a non-empty list');
   if (v.length > configLimits.poolsMax) fail('pools', `at most ${configLimits.poolsMax}`);
   const owner = new Map<string, string>();
   const pools = v.map((p, i): PoolConfig => {
     const where = `pools[${i}]`;
-    const o = obj(p, where, ['name', 'volumes', 'preferredNode', 'autoFailback', 'nbdListen']);
+    const o = obj(p, where, ['name', 'volumes', 'preferredNode', 'autoFailback', 'nbdListen', 'floatingIps', 'nbdPort']);
     const poolName = name(o, 'name', where);
     if (!Array.isArray(o.volumes) || o.volumes.length === 0) fail(`${where}.volumes`, 'must be a non-empty list of volume names');
     const vols = o.volumes.map((x, j) => {
@@ -269,9 +322,23 @@ function parsePools(v: unknown, volumes: readonly VolumeConfig[], nodes: readonl
     if (!nodes.includes(preferredNode)) fail(`${where}.preferredNode`, `must be ${nodes.join(' or ')}`);
     const autoFailback = o.autoFailback ?? false;
     if (typeof autoFailback !== 'boolean') fail(`${where}.autoFailback`, 'must be true or false');
-    return { name: poolName, volumes: vols, preferredNode, autoFailback, nbdListen: o.nbdListen === undefined ? null : hostPort(o, 'nbdListen', where) };
+    const floatingIps = parseFloatingIps(o.floatingIps, `${where}.floatingIps`, driver);
+    if (floatingIps.length > 0 && o.nbdListen !== undefined) fail(`${where}.nbdListen`, 'a pool with floating IPs exports on them (at nbdPort): leave nbdListen out');
+    if (floatingIps.length === 0 && o.nbdPort !== undefined) fail(`${where}.nbdPort`, 'is the port on the floating IPs: give the pool floatingIps, or use nbdListen');
+    return {
+      name: poolName, volumes: vols, preferredNode, autoFailback, nbdListen: o.nbdListen === undefined ? null : hostPort(o, 'nbdListen', where),
+      floatingIps, nbdPort: int(o, 'nbdPort', where, defaultNbdPort, 1, 65535),
+    };
   });
   if (new Set(pools.map((p) => p.name)).size !== pools.length) fail('pools', 'pool names must be unique');
+  const ipOwner = new Map<string, string>();
+  for (const p of pools) {
+    for (const ip of p.floatingIps) {
+      const taken = ipOwner.get(ip.address);
+      if (taken !== undefined) fail('pools', `floating IP ${ip.address} is in pools ${taken} and ${p.name}: an address follows one pool`);
+      ipOwner.set(ip.address, p.name);
+    }
+  }
   for (const vc of volumes) if (!owner.has(vc.name)) fail('pools', `volume ${vc.name} is in no pool`);
   return pools;
 }

@@ -7,10 +7,8 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { newVolume } from '../core/generations';
-import { NbdServer, type ServedExport } from '../io/nbd-server';
-import type { Backend } from '../storage/backend';
 import { ChangeTracking, changeTrackingGeometry, changeTrackingPaths } from '../storage/change-tracking';
-import { DiskStall, StallingBackend } from '../storage/stall-backend';
+import { DiskStall } from '../storage/stall-backend';
 import { createVolume, openVolume, readMetadata, writeMetadata, type Volume } from '../storage/volume-store';
 import { ByteBudget } from '../util/byte-budget';
 import type { Logger } from '../util/log';
@@ -18,13 +16,18 @@ import { replicationLimits } from '../replication/limits';
 import { dispatchPeerMessage, type DispatchContext } from '../replication/dispatch';
 import { PeerSession } from '../replication/peer-session';
 import { Replica } from '../replication/replica';
-import type { NodeStatus } from '../replication/status';
+import type { ClusterStateStatus, NodeStatus } from '../replication/status';
 import { establishLink, type SyncLink } from '../replication/sync-link';
 import { SyncMessageType } from '../protocol/sync/messages';
 import type { Command, VolumeFacts } from '../cluster/machine-types';
+import { describeIp, hostForUrl, type FloatingIpDriver } from '../pool/floating-ip';
+import { LinuxDriver } from '../pool/linux-driver';
+import { LoopbackDriver } from '../pool/loopback-driver';
 import { startApi, type ApiServer } from './api';
 import { ClusterDriver, type ClusterHost } from './cluster-driver';
-import type { HostPort, NodeConfig, PoolConfig, VolumeConfig } from './config';
+import type { NodeConfig, PoolConfig, VolumeConfig } from './config';
+import { Exports } from './exports';
+import { PoolHost } from './pool-host';
 
 export function wireVolumeId(clusterId: Buffer, volumeName: string): Buffer {
   return createHash('sha256').update(clusterId).update('\0volume\0').update(volumeName).digest().subarray(0, 16);
@@ -66,17 +69,15 @@ export class NodeDaemon {
   private link: SyncLink | undefined;
   private session: PeerSession | undefined;
   private syncServer: net.Server | undefined;
-  /** one NBD server per address, each exporting the primary volumes whose pools listen there */
-  private readonly nbd = new Map<string, { server: NbdServer; volumes: string }>();
-  /** volumes whose exports are being taken down ahead of a demotion */
-  private readonly leaving = new Set<string>();
+  private readonly exports: Exports;
+  private readonly floatingIps: FloatingIpDriver;
+  readonly pools: PoolHost;
   readonly cluster: ClusterDriver;
   private api: ApiServer | undefined;
   private ticker: NodeJS.Timeout | undefined;
   private dialTimer: NodeJS.Timeout | undefined;
   private stopping = false;
   private readonly applyBudget = new ByteBudget(replicationLimits.applyBytesMax);
-  private exportsBusy: Promise<void> = Promise.resolve();
   /** with faults.enabled: the window in which client I/O hangs (docs/cluster.md, "Fault injection") */
   readonly diskStall: DiskStall | undefined;
 
@@ -90,58 +91,46 @@ export class NodeDaemon {
       replica: (wireId) => this.byWireId.get(wireId.toString('hex')),
       cluster: (json) => this.cluster.onPeerMessage(json),
     };
-    this.cluster = new ClusterDriver(cfg, this.clusterHost(), log.child('cluster'));
     this.diskStall = cfg.faults.enabled ? new DiskStall() : undefined;
+    this.exports = new Exports(log, this.diskStall);
+    const fl = cfg.floatingIp;
+    this.floatingIps = fl.driver === 'linux'
+      ? new LinuxDriver({ probeMs: fl.probeMs, announceCount: fl.announceCount, log: log.child('floating-ip') })
+      : new LoopbackDriver();
+    this.pools = new PoolHost({ cfg, log: log.child('pool'), driver: this.floatingIps, exports: this.exports, replica: (v) => this.need(v) });
+    this.cluster = new ClusterDriver(cfg, this.clusterHost(), log.child('cluster'));
   }
 
   private clusterHost(): ClusterHost {
     const replicasOf = (p: PoolConfig): Replica[] => p.volumes.map((v) => this.need(v));
     return {
-      activate: async (p) => {
+      activate: async (p, report) => {
         // a meeting under way decides the resync direction: promote after it, not in the middle
         const deadline = Date.now() + this.cfg.sync.timeoutMs;
         while (!replicasOf(p).every((r) => r.settled) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-        const done: Replica[] = [];
-        try {
-          for (const r of replicasOf(p)) {
-            // after a handover the peer's demotion reaches this copy with the next meeting, just behind the handover
-            for (;;) {
-              try {
-                await r.promote({ force: false });
-                break;
-              } catch (e) {
-                if ((e as { code?: string }).code !== 'ERR_PEER_PRIMARY' || Date.now() >= deadline) throw e;
-                await new Promise((res) => setTimeout(res, 20));
-              }
+        await this.pools.activate(p, report, async (r) => {
+          // after a handover the peer's demotion reaches this copy with the next meeting, just behind the handover
+          for (;;) {
+            try {
+              await r.promote({ force: false });
+              return;
+            } catch (e) {
+              if ((e as { code?: string }).code !== 'ERR_PEER_PRIMARY' || Date.now() >= deadline) throw e;
+              await new Promise((res) => setTimeout(res, 20));
             }
-            done.push(r);
           }
-          await this.refreshExports();
-        } catch (e) {
-          for (const r of done) await r.demote().catch(() => undefined);
-          await this.refreshExports().catch(() => undefined);
-          throw e;
-        }
+        });
       },
-      deactivate: async (p) => {
-        // clients go first, so nothing is admitted while the roles change
-        for (const v of p.volumes) this.leaving.add(v);
-        try {
-          await this.refreshExports();
-          for (const r of replicasOf(p)) await r.demote();
-        } finally {
-          for (const v of p.volumes) this.leaving.delete(v);
-        }
-        await this.refreshExports();
-      },
-      // a suspended pool also gives up its address, so the peer can serve it there if it takes the pool over
+      // clients go first, so nothing is admitted while the roles change
+      deactivate: (p, report) => this.pools.deactivate(p, report),
+      // a suspended pool also gives up its addresses, so the peer can serve them if it takes the pool over
       suspend: (p, reason) => {
         for (const r of replicasOf(p)) r.suspend(reason);
-        this.refreshExports().catch((e: unknown) => this.log.error('stopping the exports of a suspended pool failed', { pool: p.name, error: String(e) }));
+        this.pools.suspend(p).catch((e: unknown) => this.log.error('releasing a suspended pool failed', { pool: p.name, error: String(e) }));
       },
-      resume: (p) => {
+      resume: (p, report) => {
         for (const r of replicasOf(p)) r.resume();
-        this.refreshExports().catch((e: unknown) => this.log.error('exporting a resumed pool failed', { pool: p.name, error: String(e) }));
+        this.pools.resume(p, report).catch((e: unknown) => this.log.error('serving a resumed pool failed', { pool: p.name, error: String(e) }));
       },
       volumeFacts: (v): VolumeFacts => {
         const r = this.need(v);
@@ -174,6 +163,7 @@ export class NodeDaemon {
         this.replicas.set(v.name, r);
         this.byWireId.set(r.wireId.toString('hex'), r);
       }
+      await this.pools.removeLeftovers();
       this.api = await startApi(this, cfg.node.apiListen, this.log.child('api'));
       await this.listenSync();
       await this.cluster.start();
@@ -199,7 +189,19 @@ export class NodeDaemon {
       cluster: this.cfg.cluster.name,
       peer: { name: this.cfg.peer.name, connected: this.link !== undefined && !this.link.closed },
       volumes: [...this.replicas.values()].map((r) => r.status()),
-      clusterState: this.cluster.status(),
+      clusterState: this.clusterStatus(),
+    };
+  }
+
+  private clusterStatus(): ClusterStateStatus {
+    const c = this.cluster.status();
+    return {
+      ...c,
+      pools: c.pools.map((v) => {
+        const p = this.cfg.pools.find((x) => x.name === v.name);
+        if (p === undefined) return v;
+        return { ...v, floatingIps: p.floatingIps.map(describeIp), exports: this.pools.exportAddresses(p).map((a) => `nbd://${hostForUrl(a.host)}:${a.port}`) };
+      }),
     };
   }
 
@@ -287,60 +289,6 @@ export class NodeDaemon {
   }
 
 
-  /** Exports exactly the volumes this node is primary for and whose writes are not suspended, each on its pool's address. */
-  refreshExports(): Promise<void> {
-    // one failed refresh (an address in use) must not fail every later one
-    this.exportsBusy = this.exportsBusy.catch(() => undefined).then(async () => {
-      const wanted = new Map<string, { at: HostPort; replicas: Replica[] }>();
-      if (!this.stopping) {
-        for (const p of this.cfg.pools) {
-          const at = p.nbdListen ?? this.cfg.node.nbdListen;
-          for (const v of p.volumes) {
-            const r = this.need(v);
-            if (r.role !== 'PRIMARY' || this.leaving.has(v) || r.isSuspended) continue;
-            const key = `${at.host}:${at.port}`;
-            const w = wanted.get(key) ?? { at, replicas: [] };
-            w.replicas.push(r);
-            wanted.set(key, w);
-          }
-        }
-      }
-      for (const [key, running] of [...this.nbd]) {
-        if (wanted.get(key)?.replicas.map((r) => r.name).join(',') === running.volumes) continue;
-        await running.server.shutdown();
-        this.nbd.delete(key);
-        this.log.info('export stopped', { volumes: running.volumes, nbd: key });
-      }
-      for (const [key, w] of wanted) {
-        if (this.nbd.has(key)) continue;
-        await this.startExport(key, w.at, w.replicas);
-      }
-    });
-    return this.exportsBusy;
-  }
-
-  private async startExport(key: string, at: HostPort, replicas: Replica[]): Promise<void> {
-    const stall = this.diskStall;
-    const backendOf = (r: Replica): Backend => stall === undefined ? r.backendForExport() : new StallingBackend(r.backendForExport(), stall);
-    const exports: ServedExport[] = replicas.map((r) => ({ name: r.name, description: `tandem volume ${r.name}`, backend: backendOf(r) }));
-    const first = replicas[0] as Replica;
-    exports.push({ name: '', description: `tandem volume ${first.name}`, backend: backendOf(first) });
-    const server = new NbdServer({ exports, log: this.log.child('nbd') });
-    // the port may still be held briefly by the server just closed
-    for (let attempt = 0; ; attempt++) {
-      try {
-        await server.listen(at.host, at.port);
-        break;
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= 50) throw e;
-        await new Promise((res) => setTimeout(res, 100));
-      }
-    }
-    const volumes = replicas.map((r) => r.name).join(',');
-    this.nbd.set(key, { server, volumes });
-    this.log.info('exporting', { volumes, nbd: key });
-  }
-
   /** Operator promote/demote act on the volume's pool: the cluster keeps one owner per pool. */
   async poolCommand(volume: string, command: (pool: string) => Command): Promise<void> {
     this.need(volume);
@@ -381,9 +329,10 @@ export class NodeDaemon {
     if (this.ticker !== undefined) clearInterval(this.ticker);
     if (this.dialTimer !== undefined) clearTimeout(this.dialTimer);
     await this.cluster.stop();
-    await this.exportsBusy.catch(() => undefined);
-    for (const n of this.nbd.values()) await n.server.shutdown();
-    this.nbd.clear();
+    // clients and addresses go before the volumes close
+    await this.pools.releaseAll();
+    await this.exports.stopAll();
+    this.floatingIps.close();
     for (const r of this.replicas.values()) {
       try {
         await r.close();

@@ -60,6 +60,10 @@ export interface PoolStatus {
   term: number;
   phase: string;
   reason: string | null;
+  /** the pool's floating IPs, "ADDR/PREFIX on IF" */
+  floatingIps?: string[];
+  /** where the owner exports the pool's volumes (nbd://HOST:PORT) */
+  exports?: string[];
 }
 
 export interface ClusterStateStatus {

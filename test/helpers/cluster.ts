@@ -125,6 +125,8 @@ export class TandemNode {
     readonly configPath: string,
     readonly dataDir: string,
     readonly addr: NodeAddresses,
+    /** argv before `node …`, e.g. ['ip', 'netns', 'exec', NS] to run the node in a network namespace (it execs: same PID) */
+    private readonly spawnPrefix: readonly string[] = [],
   ) {}
 
   /** nbd://HOST:PORT/vol0: where this node exports the volume while it is primary */
@@ -145,9 +147,8 @@ export class TandemNode {
     if (this.running) throw new Error(`${this.name} is already running`);
     this.starts++;
     this.output += `\n===== ${this.name}: start #${this.starts} at ${new Date().toISOString()} =====\n`;
-    const child = spawn(process.execPath, [tandemBin, 'node', 'start', '--config', this.configPath], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const argv = [...this.spawnPrefix, process.execPath, tandemBin, 'node', 'start', '--config', this.configPath];
+    const child = spawn(argv[0] as string, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
     this.child = child;
     this.sawReadyLine = false;
     let ready = false;

@@ -22,7 +22,8 @@ test('defaults: one heartbeat link beside the sync ports, policy manual, each vo
   assert.equal(c.heartbeat.intervalMs, 200);
   assert.equal(c.heartbeat.timeoutMs, 1000);
   assert.equal(c.fencing.policy, 'manual');
-  assert.deepEqual(c.pools, [{ name: 'vol0', volumes: ['vol0'], preferredNode: 'alpha', autoFailback: false, nbdListen: null }]);
+  assert.deepEqual(c.pools, [{ name: 'vol0', volumes: ['vol0'], preferredNode: 'alpha', autoFailback: false, nbdListen: null, floatingIps: [], nbdPort: 10809 }]);
+  assert.deepEqual(c.floatingIp, { driver: 'linux', probeMs: 300, announceCount: 3 });
   assert.equal(c.volumes[0]?.activityLogExtents, 1017);
 });
 
@@ -55,4 +56,51 @@ test('bad heartbeat, fencing and pool settings are refused, naming the key', () 
     /^volumes\[0\]\.activityLogExtents: must be an integer from 2 to 1017/);
   refused((c) => { c.extra = true; }, /^extra: unknown key/);
   refused((c) => { (c.cluster as Record<string, unknown>).id = 'xyz'; }, /^cluster\.id: must be 32 hex digits/);
+});
+
+test('floating IPs: ADDR/PREFIX on an interface, exported at the pool\'s nbdPort; one pool per address', () => {
+  const c = base();
+  c.volumes = [{ name: 'a', size: '1M' }, { name: 'b', size: '1M' }];
+  c.pools = [
+    { name: 'p1', volumes: ['a'], preferredNode: 'alpha', floatingIps: [{ address: '198.18.0.100/24', interface: 'eth0' }, { address: '2001:db8::10/64', interface: 'eth1' }], nbdPort: 10810 },
+    { name: 'p2', volumes: ['b'], preferredNode: 'beta', floatingIps: [{ address: '198.18.0.101/24', interface: 'eth0' }] },
+  ];
+  const parsed = parseNodeConfig(JSON.stringify(c));
+  assert.deepEqual(parsed.pools[0]?.floatingIps, [
+    { address: '198.18.0.100', prefix: 24, family: 4, interface: 'eth0' },
+    { address: '2001:db8::10', prefix: 64, family: 6, interface: 'eth1' },
+  ]);
+  assert.equal(parsed.pools[0]?.nbdPort, 10810);
+  assert.equal(parsed.pools[1]?.nbdPort, 10809, 'the node\'s NBD port by default');
+  const lo = base();
+  lo.floatingIp = { driver: 'loopback' };
+  lo.pools = [{ name: 'p', volumes: ['vol0'], preferredNode: 'alpha', floatingIps: [{ address: '127.0.0.10/8' }] }];
+  assert.deepEqual(parseNodeConfig(JSON.stringify(lo)).pools[0]?.floatingIps, [{ address: '127.0.0.10', prefix: 8, family: 4, interface: 'lo' }]);
+});
+
+test('bad floating IPs are refused, naming the key', () => {
+  const pool = (ips: unknown, extra: Record<string, unknown> = {}) => (c: Record<string, unknown>): void => {
+    c.pools = [{ name: 'p', volumes: ['vol0'], preferredNode: 'alpha', floatingIps: ips, ...extra }];
+  };
+  refused(pool([{ address: '198.18.0.100', interface: 'eth0' }]), /^pools\[0\]\.floatingIps\[0\]\.address: "198\.18\.0\.100" lacks a prefix length/);
+  refused(pool([{ address: '198.18.0.300/24', interface: 'eth0' }]), /^pools\[0\]\.floatingIps\[0\]\.address: "198\.18\.0\.300" is not an IPv4 or IPv6 address/);
+  refused(pool([{ address: '198.18.0.100/33', interface: 'eth0' }]), /^pools\[0\]\.floatingIps\[0\]\.address: prefix "33" must be 0\.\.32/);
+  refused(pool([{ address: '198.18.0.100/24' }]), /^pools\[0\]\.floatingIps\[0\]\.interface: must be a non-empty string/);
+  refused(pool([{ address: '198.18.0.100/24', interface: 'a-very-long-interface' }]), /^pools\[0\]\.floatingIps\[0\]\.interface: "a-very-long-interface" is not an interface name \(at most 15/);
+  refused(pool([{ address: '127.0.0.10/8', interface: 'lo' }]), /^pools\[0\]\.floatingIps\[0\]\.address: 127\.0\.0\.10 is a loopback address: use floatingIp\.driver "loopback"/);
+  refused(pool([{ address: '198.18.0.100/24', interface: 'eth0' }], { nbdListen: '127.0.0.2:1' }), /^pools\[0\]\.nbdListen: a pool with floating IPs exports on them/);
+  refused(pool([], { nbdPort: 10 }), /^pools\[0\]\.nbdPort: is the port on the floating IPs/);
+  refused(pool(Array.from({ length: 17 }, (_, i) => ({ address: `198.18.0.${i + 1}/24`, interface: 'eth0' }))), /^pools\[0\]\.floatingIps: must be a list of at most 16/);
+  refused((c) => { c.floatingIp = { driver: 'vrrp' }; }, /^floatingIp\.driver: must be one of linux, loopback/);
+  refused((c) => {
+    c.floatingIp = { driver: 'loopback' };
+    pool([{ address: '198.18.0.100/24', interface: 'eth0' }])(c);
+  }, /^pools\[0\]\.floatingIps\[0\]\.address: the loopback driver moves only 127\.0\.0\.0\/8/);
+  refused((c) => {
+    c.volumes = [{ name: 'a', size: '1M' }, { name: 'b', size: '1M' }];
+    c.pools = [
+      { name: 'p1', volumes: ['a'], preferredNode: 'alpha', floatingIps: [{ address: '198.18.0.100/24', interface: 'eth0' }] },
+      { name: 'p2', volumes: ['b'], preferredNode: 'alpha', floatingIps: [{ address: '198.18.0.100/24', interface: 'eth1' }] },
+    ];
+  }, /^pools: floating IP 198\.18\.0\.100 is in pools p1 and p2/);
 });
