@@ -31,15 +31,17 @@ function writeConfigs(dir: string, size: string): DemoNode[] {
       peer: { name: peer.name, syncAddress: `${peer.ip}:7788` },
       sync: { pingIntervalMs: 200, timeoutMs: 1000, reconnectMs: 300 },
       fencing: { policy: 'witness', witness: WITNESS },
+      // on one machine the floating IP is a loopback address: what moves is which node listens on it
+      floatingIp: { driver: 'loopback' },
       volumes: [{ name: 'vol0', size, cacheMode: 'write-back' }],
-      pools: [{ name: 'pool0', volumes: ['vol0'], preferredNode: 'alpha', nbdListen: POOL_NBD }],
+      pools: [{ name: 'pool0', volumes: ['vol0'], preferredNode: 'alpha', floatingIps: [{ address: POOL_VIP }], nbdPort: 10809 }],
     }, null, 2) + '\n', { mode: 0o600 });
     return { ...n, config, logFile: path.join(dir, `${n.name}.log`) };
   });
 }
 
 const WITNESS = '127.0.0.4:7790';
-const POOL_NBD = '127.0.0.10:10809';
+const POOL_VIP = '127.0.0.10/8';
 
 function writeWitnessConfig(dir: string): string {
   const cluster = JSON.parse(fs.readFileSync(path.join(dir, 'cluster.json'), 'utf8')) as { id: string; secret: string };
@@ -99,7 +101,7 @@ export async function runDemo(args: string[], defaultDir: string): Promise<numbe
     throw e;
   }
   const [a, b] = children.slice(1) as [ChildProcess, ChildProcess];
-  const url = `nbd://${POOL_NBD}/vol0`;
+  const url = `nbd://${POOL_VIP.split('/')[0] as string}:10809/vol0`;
   process.stdout.write(`tandem demo: two nodes and a witness, one pool with a mirrored volume (files and logs in ${values.dir})
   alpha    127.0.0.2  pid ${a.pid ?? '?'}  owns pool0: vol0 PRIMARY, exported on ${url}
   beta     127.0.0.3  pid ${b.pid ?? '?'}  vol0 SECONDARY: receives every write
