@@ -86,8 +86,8 @@ export class LinuxDriver implements FloatingIpDriver {
   private async probe6(ip: FloatingIp): Promise<string | null> {
     const r = await runCommand('ndisc6', ['-1', '-q', '-n', '-r', '1', '-w', String(this.o.probeMs), ip.address, ip.interface]);
     if (r.code === 0) return r.stdout.trim().toLowerCase() || 'an unknown host';
-    // ndisc6 says "No response." and exits 2 when nobody owns the address
-    if (/no response/i.test(r.stdout + r.stderr)) return null;
+    // ndisc6 exits 2 when nobody answered (in quiet mode without a word)
+    if (r.code === 2) return null;
     throw failed(`probing ${describeIp(ip)}: ndisc6`, r);
   }
 
