@@ -448,7 +448,9 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-if (require.main === module) {
+// `node --test dist/test/` also runs every file under test/ as a test file, without arguments:
+// only a run with a command is the program (children of a test inherit the runner's environment, so that cannot tell)
+if (require.main === module && process.argv.length > 2) {
   process.stdout.on('error', () => { /* the reader went away; keep going, the log file is what counts */ });
   main(process.argv.slice(2)).then(
     (code) => process.exit(code),
