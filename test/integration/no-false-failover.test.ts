@@ -170,7 +170,9 @@ test('the primary\'s disk hangs 4 s under a saturating fio load: heartbeats keep
     await sleep(Math.max(0, fioStart + 2000 - Date.now()));
 
     const { sentAt, answeredAt } = await stallAlpha(c, STALL_MS);
-    // the API answers before the stall starts; the next request waits it out
+    // the API answers before the stall starts; it starts at fio's next request, within ms under this load.
+    // A request sent at once could be served before that request arrives, so wait a little first.
+    await sleep(200);
     const probe = await httpJson('GET', c.alpha.addr.api.host, c.alpha.addr.api.port, '/api/v1/status', undefined, 20_000);
     const probeTook = Date.now() - answeredAt;
     assert.equal(probe.status, 200);
