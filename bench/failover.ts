@@ -36,17 +36,6 @@ async function pool(n: BenchNode): Promise<PoolView | undefined> {
   }
 }
 
-async function connect(host: string, port: number, deadline: number): Promise<NbdClient> {
-  for (;;) {
-    try {
-      return await NbdClient.connect(host, port, { exportName: 'vol0' });
-    } catch (e) {
-      if (Date.now() > deadline) throw e;
-      await sleep(10);
-    }
-  }
-}
-
 /** Waits until `owner` serves the pool and the other node is its in-sync SECONDARY. */
 async function settled(c: BenchCluster, owner: BenchNode, other: BenchNode, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -74,7 +63,7 @@ export async function measureFailover(work: string, runs: number, log: (s: strin
     let other = c.beta;
     await settled(c, owner, other, 60_000);
     for (let run = 0; run < runs; run++) {
-      let client = await connect(POOL_HOST, poolPort, Date.now() + 10_000);
+      let client = await NbdClient.connectUntil(POOL_HOST, poolPort, Date.now() + 10_000, { exportName: 'vol0', stepMs: 10 });
       const payload = crypto.randomBytes(BLOCK);
       // a steady load before the kill
       for (let i = 0; i < 200; i++) await client.write((i % (VOLUME_BYTES / BLOCK)) * BLOCK, payload);
@@ -88,7 +77,7 @@ export async function measureFailover(work: string, runs: number, log: (s: strin
         } catch {
           failed++;
           await client.disconnect().catch(() => undefined);
-          client = await connect(POOL_HOST, poolPort, Date.now() + 30_000);
+          client = await NbdClient.connectUntil(POOL_HOST, poolPort, Date.now() + 30_000, { exportName: 'vol0', stepMs: 10 });
         }
       }
       const sample = Number(process.hrtime.bigint() - killed) / 1e6;

@@ -4,6 +4,7 @@
 import { NbdServer, type ServedExport } from '../io/nbd-server';
 import type { Backend } from '../storage/backend';
 import { DiskStall, StallingBackend } from '../storage/stall-backend';
+import { hostForUrl } from '../pool/floating-ip';
 import type { Logger } from '../util/log';
 import type { Replica } from '../replication/replica';
 import type { HostPort } from './config';
@@ -16,8 +17,8 @@ export interface ExportRequest {
   readonly replicas: readonly Replica[];
 }
 
-export function addressKey(at: HostPort): string {
-  return at.host.includes(':') ? `[${at.host}]:${at.port}` : `${at.host}:${at.port}`;
+function addressKey(at: HostPort): string {
+  return `${hostForUrl(at.host)}:${at.port}`;
 }
 
 export class Exports {
@@ -25,11 +26,6 @@ export class Exports {
   private busy: Promise<void> = Promise.resolve();
 
   constructor(private readonly log: Logger, private readonly diskStall: DiskStall | undefined) {}
-
-  /** the addresses served now, with the volumes on each */
-  list(): Array<{ address: string; volumes: string }> {
-    return [...this.servers].map(([address, s]) => ({ address, volumes: s.volumes }));
-  }
 
   serving(at: HostPort): boolean {
     return this.servers.has(addressKey(at));

@@ -103,7 +103,7 @@ export class PoolHost {
   }
 
   /** what the exports should serve now */
-  wantedExports(): ExportRequest[] {
+  private wantedExports(): ExportRequest[] {
     const out: ExportRequest[] = [];
     for (const p of this.d.cfg.pools) {
       if (!this.exporting.has(p.name)) continue;

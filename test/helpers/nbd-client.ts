@@ -114,6 +114,23 @@ export class NbdClient {
     if (leftover.length > 0) this.onData(leftover);
   }
 
+  /**
+   * Connects, retrying every stepMs until it works: a client of a floating address while it moves.
+   * Throws the last error once `deadline` (Date.now() ms) has passed, or when stopped() says so.
+   */
+  static async connectUntil(
+    host: string, port: number, deadline: number, o: NbdConnectOptions & { stepMs?: number; stopped?: () => boolean } = {},
+  ): Promise<NbdClient> {
+    for (;;) {
+      try {
+        return await NbdClient.connect(host, port, o);
+      } catch (e) {
+        if (Date.now() > deadline || (o.stopped?.() ?? false)) throw e;
+        await new Promise((resolve) => setTimeout(resolve, o.stepMs ?? 20));
+      }
+    }
+  }
+
   /** Connects and negotiates with NBD_OPT_GO. */
   static async connect(host: string, port: number, o: NbdConnectOptions = {}): Promise<NbdClient> {
     const socket = net.connect({ host, port, allowHalfOpen: o.allowHalfOpen ?? false });

@@ -20,17 +20,6 @@ function pattern(index: number, seq: number): Buffer {
   return b;
 }
 
-async function connectWithRetry(host: string, port: number, deadline: number): Promise<NbdClient> {
-  for (;;) {
-    try {
-      return await NbdClient.connect(host, port, { exportName: 'vol0' });
-    } catch (e) {
-      if (Date.now() > deadline) throw e;
-      await sleep(20);
-    }
-  }
-}
-
 test('kill -9 of the primary during writes: the secondary takes the pool over on its address and has every acknowledged write', { timeout: 180_000 }, async (t) => {
   const poolPort = await freePort(POOL_HOST);
   const witnessPort = await freePort(WITNESS_HOST);
@@ -47,7 +36,7 @@ test('kill -9 of the primary during writes: the secondary takes the pool over on
 
     // a writer through the pool's address: blocks 0, 1, 2, … each acknowledged before the next
     const acked = new Map<number, number>();
-    let client = await connectWithRetry(POOL_HOST, poolPort, Date.now() + 10_000);
+    let client = await NbdClient.connectUntil(POOL_HOST, poolPort, Date.now() + 10_000, { exportName: 'vol0' });
     const blocks = (64 * MiB) / BLOCK;
     let seq = 0;
     let killedAt = 0;
@@ -68,7 +57,7 @@ test('kill -9 of the primary during writes: the secondary takes the pool over on
           failures++;
           // the connection died with alpha: reconnect to the same address, to whoever serves it now
           await client.disconnect().catch(() => undefined);
-          client = await connectWithRetry(POOL_HOST, poolPort, Date.now() + 30_000);
+          client = await NbdClient.connectUntil(POOL_HOST, poolPort, Date.now() + 30_000, { exportName: 'vol0' });
         }
       }
     })();

@@ -54,18 +54,6 @@ function pattern(index: number, seq: number): Buffer {
   return b;
 }
 
-async function connectWithRetry(host: string, port: number, deadline: number, stopped: () => boolean = () => false): Promise<NbdClient | undefined> {
-  for (;;) {
-    try {
-      return await NbdClient.connect(host, port, { exportName: 'vol0', timeoutMs: 2000 });
-    } catch (e) {
-      if (Date.now() > deadline) throw e;
-      if (stopped()) return undefined;
-      await sleep(20);
-    }
-  }
-}
-
 /** NBD_CMD_DISC, and the socket destroyed if the server has not closed it within a second. */
 async function closeClient(client: NbdClient): Promise<void> {
   await Promise.race([client.disconnect().catch(() => undefined), sleep(1000)]);
@@ -140,7 +128,7 @@ class Writer {
     while (!this.stopped) {
       const client = this.client;
       if (client === undefined) {
-        this.client = await connectWithRetry(POOL_HOST, this.port, Date.now() + 60_000, () => this.stopped).catch(() => undefined);
+        this.client = await NbdClient.connectUntil(POOL_HOST, this.port, Date.now() + 60_000, { exportName: 'vol0', timeoutMs: 2000, stopped: () => this.stopped }).catch(() => undefined);
         if (this.client !== undefined) this.connections++;
         continue;
       }
@@ -276,7 +264,7 @@ test('both links cut, the witness reachable from the primary only: alpha goes on
   await withRig(t, 'tandem-partition-primary-', async (r) => {
     const { c } = r;
     const before = witnessState(r);
-    const client = await connectWithRetry(POOL_HOST, r.poolPort, Date.now() + 10_000);
+    const client = await NbdClient.connectUntil(POOL_HOST, r.poolPort, Date.now() + 10_000, { exportName: 'vol0', timeoutMs: 2000 });
     const writer = new Writer(client, r.poolPort, false);
     try {
       await sleep(1000);
@@ -344,7 +332,7 @@ test('both links cut, the witness reachable from the primary only: alpha goes on
         'nothing answers on beta\'s own NBD address');
       // while the pool's address is still served by alpha, writes and all
       const writesBefore = (await c.alpha.volume()).counters.writes;
-      const fresh = await connectWithRetry(POOL_HOST, r.poolPort, Date.now() + 5000);
+      const fresh = await NbdClient.connectUntil(POOL_HOST, r.poolPort, Date.now() + 5000, { exportName: 'vol0', timeoutMs: 2000 });
       assert.ok(fresh !== undefined);
       try {
         await fresh.write(0, pattern(0, 0xffff_ffff));
@@ -363,7 +351,7 @@ test('both links cut, the witness reachable from the secondary only: alpha refus
   await withRig(t, 'tandem-partition-secondary-', async (r) => {
     const { c } = r;
     const before = witnessState(r);
-    const client = await connectWithRetry(POOL_HOST, r.poolPort, Date.now() + 10_000);
+    const client = await NbdClient.connectUntil(POOL_HOST, r.poolPort, Date.now() + 10_000, { exportName: 'vol0', timeoutMs: 2000 });
     const writer = new Writer(client, r.poolPort, true);
     try {
       await sleep(1000);
@@ -413,7 +401,7 @@ test('both links cut, the witness reachable from the secondary only: alpha refus
       assert.ok(ws.term > before.term, 'the witness moved to a new term');
 
       // every write any client saw acknowledged is on beta, read back through the pool's address
-      const reader = await connectWithRetry(POOL_HOST, r.poolPort, Date.now() + 5000);
+      const reader = await NbdClient.connectUntil(POOL_HOST, r.poolPort, Date.now() + 5000, { exportName: 'vol0', timeoutMs: 2000 });
       assert.ok(reader !== undefined);
       try {
         for (const [index, s] of writer.acked) {
