@@ -73,6 +73,11 @@ export interface FloatingIpConfig {
 export interface FaultsConfig {
   /** POST /api/v1/faults/disk-stall makes this node's volume I/O hang */
   readonly enabled: boolean;
+  /**
+   * A deliberately broken build, for proving the torture checker catches it: a primary
+   * acknowledges a client's write before the peer has it. Needs `enabled`.
+   */
+  readonly ackBeforePeer: boolean;
 }
 
 export interface NodeConfig {
@@ -217,10 +222,13 @@ export function parseNodeConfig(text: string): NodeConfig {
 }
 
 function parseFaults(v: unknown): FaultsConfig {
-  const f = obj(v ?? {}, 'faults', ['enabled']);
+  const f = obj(v ?? {}, 'faults', ['enabled', 'ackBeforePeer']);
   const enabled = f.enabled ?? false;
   if (typeof enabled !== 'boolean') fail('faults.enabled', 'must be true or false');
-  return { enabled };
+  const ackBeforePeer = f.ackBeforePeer ?? false;
+  if (typeof ackBeforePeer !== 'boolean') fail('faults.ackBeforePeer', 'must be true or false');
+  if (ackBeforePeer && !enabled) fail('faults.ackBeforePeer', 'needs faults.enabled');
+  return { enabled, ackBeforePeer };
 }
 
 /** Without `links`, one link beside the sync addresses: each side's sync port + 1, over UDP. */
