@@ -2,18 +2,30 @@
 // 127.0.0.3) and a witness (127.0.0.4); one pool whose mirrored volume the
 // owner exports over NBD on the pool's own address (127.0.0.10). Each node is
 // a real `tandem node start` process, so it can be killed and restarted: the
-// other takes the pool over.
+// other takes the pool over. The demo keeps each node's pid in DIR/NAME.pid
+// and starts a node again when told so on its standard input (`start beta`).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import readline from 'node:readline';
 import { parseArgs } from 'node:util';
 import { parseSize } from '../util/size';
 import { UsageError } from './errors';
 
 interface DemoNode { readonly name: string; readonly ip: string; readonly config: string; readonly logFile: string }
 
-function writeConfigs(dir: string, size: string): DemoNode[] {
+export const demoUsage = `usage: tandem demo [--dir DIR] [--size SIZE] [--resync-rate SIZE]
+
+  --dir DIR            configs, data, logs and pid files (default: TMPDIR/tandem-demo)
+  --size SIZE          vol0's size (default 1G)
+  --resync-rate SIZE   per second, to watch a resync in progress (default 0: unlimited)
+
+While it runs, type on its standard input:
+  start alpha|beta     start a node again after it was killed
+  help                 these lines`;
+
+function writeConfigs(dir: string, size: string, resyncRate: string): DemoNode[] {
   const secretFile = path.join(dir, 'cluster.json');
   let cluster: { id: string; secret: string };
   if (fs.existsSync(secretFile)) cluster = JSON.parse(fs.readFileSync(secretFile, 'utf8')) as typeof cluster;
@@ -33,7 +45,7 @@ function writeConfigs(dir: string, size: string): DemoNode[] {
       fencing: { policy: 'witness', witness: WITNESS },
       // on one machine the floating IP is a loopback address: what moves is which node listens on it
       floatingIp: { driver: 'loopback' },
-      volumes: [{ name: 'vol0', size, cacheMode: 'write-back' }],
+      volumes: [{ name: 'vol0', size, cacheMode: 'write-back', resyncRate }],
       pools: [{ name: 'pool0', volumes: ['vol0'], preferredNode: 'alpha', floatingIps: [{ address: POOL_VIP }], nbdPort: 10809 }],
     }, null, 2) + '\n', { mode: 0o600 });
     return { ...n, config, logFile: path.join(dir, `${n.name}.log`) };
@@ -57,16 +69,31 @@ function startChild(bin: string, args: string[], what: string, logFile: string, 
   fs.closeSync(log);
   return new Promise((resolve, reject) => {
     let out = '';
-    child.stdout?.on('data', (d: Buffer) => {
+    const onData = (d: Buffer): void => {
       out += d.toString();
-      if (out.includes(ready)) resolve(child);
-    });
-    child.once('exit', (code) => reject(new Error(`${what} exited with ${code}; see ${logFile}`)));
+      if (out.includes(ready)) {
+        // a child blocked on a full pipe would stop: keep reading, and drop what it says
+        child.stdout?.off('data', onData);
+        child.stdout?.resume();
+        resolve(child);
+      }
+    };
+    child.stdout?.on('data', onData);
+    child.once('error', (e) => reject(new Error(`${what} did not start: ${e.message}`)));
+    child.once('exit', (code, signal) => reject(new Error(`${what} exited with ${signal ?? code}; see ${logFile}`)));
   });
 }
 
 function startNode(bin: string, n: DemoNode): Promise<ChildProcess> {
   return startChild(bin, ['node', 'start', '--config', n.config], `node ${n.name}`, n.logFile, 'ready');
+}
+
+function running(c: ChildProcess | undefined): c is ChildProcess {
+  return c !== undefined && c.exitCode === null && c.signalCode === null;
+}
+
+function pidFile(dir: string, name: string): string {
+  return path.join(dir, `${name}.pid`);
 }
 
 export async function runDemo(args: string[], defaultDir: string): Promise<number> {
@@ -75,53 +102,104 @@ export async function runDemo(args: string[], defaultDir: string): Promise<numbe
     ({ values } = parseArgs({ args, strict: true, options: {
       dir: { type: 'string', default: defaultDir },
       size: { type: 'string', default: '1G' },
+      'resync-rate': { type: 'string', default: '0' },
+      help: { type: 'boolean', short: 'h', default: false },
     } }));
   } catch (e) {
-    throw new UsageError((e as Error).message);
+    throw new UsageError(`${(e as Error).message}\n${demoUsage}`);
+  }
+  if (values.help) {
+    process.stdout.write(demoUsage + '\n');
+    return 0;
   }
   if (typeof parseSize(values.size) === 'string') throw new UsageError(`--size: ${String(parseSize(values.size))}`);
-  fs.mkdirSync(values.dir, { recursive: true });
-  const nodes = writeConfigs(values.dir, values.size);
+  if (typeof parseSize(values['resync-rate']) === 'string') throw new UsageError(`--resync-rate: ${String(parseSize(values['resync-rate']))}`);
+  const dir = path.resolve(values.dir);
+  fs.mkdirSync(dir, { recursive: true });
+  const nodes = writeConfigs(dir, values.size, values['resync-rate']);
   const bin = path.join(__dirname, '..', '..', '..', 'bin', 'tandem.js');
-  const children: ChildProcess[] = [];
+  /** the current process of each node and of the witness, by name */
+  const children = new Map<string, ChildProcess>();
+  let stopping = false;
+  const track = (name: string, c: ChildProcess): void => {
+    children.set(name, c);
+    fs.writeFileSync(pidFile(dir, name), `${c.pid ?? ''}\n`);
+    c.once('exit', (code, signal) => {
+      if (children.get(name) === c) fs.rmSync(pidFile(dir, name), { force: true });
+      if (stopping) return;
+      const again = nodes.some((n) => n.name === name) ? `; type "start ${name}" to start it again` : '';
+      process.stdout.write(`${name} (pid ${c.pid ?? '?'}) exited with ${signal ?? code}${again}\n`);
+    });
+  };
   const stopAll = async (): Promise<void> => {
-    await Promise.all(children.map((c) => new Promise<void>((r) => {
-      if (c.exitCode !== null || c.signalCode !== null) { r(); return; }
+    stopping = true;
+    await Promise.all([...children.values()].map((c) => new Promise<void>((r) => {
+      if (!running(c)) { r(); return; }
       c.once('exit', () => r());
       c.kill('SIGTERM');
     })));
+    for (const name of children.keys()) fs.rmSync(pidFile(dir, name), { force: true });
+    fs.rmSync(pidFile(dir, 'demo'), { force: true });
   };
-  let w: ChildProcess;
+  fs.writeFileSync(pidFile(dir, 'demo'), `${process.pid}\n`);
   try {
-    w = await startChild(bin, ['witness', '--listen', WITNESS, '--config', writeWitnessConfig(values.dir)], 'the witness', path.join(values.dir, 'witness.log'), 'listening');
-    children.push(w);
-    for (const n of nodes) children.push(await startNode(bin, n));
+    track('witness', await startChild(bin, ['witness', '--listen', WITNESS, '--config', writeWitnessConfig(dir)], 'the witness', path.join(dir, 'witness.log'), 'listening'));
+    for (const n of nodes) track(n.name, await startNode(bin, n));
   } catch (e) {
     await stopAll();
     throw e;
   }
-  const [a, b] = children.slice(1) as [ChildProcess, ChildProcess];
+  const pid = (name: string): string => String(children.get(name)?.pid ?? '?');
   const url = `nbd://${POOL_VIP.split('/')[0] as string}:10809/vol0`;
-  process.stdout.write(`tandem demo: two nodes and a witness, one pool with a mirrored volume (files and logs in ${values.dir})
-  alpha    127.0.0.2  pid ${a.pid ?? '?'}  owns pool0: vol0 PRIMARY, exported on ${url}
-  beta     127.0.0.3  pid ${b.pid ?? '?'}  vol0 SECONDARY: receives every write
-  witness  ${WITNESS}  pid ${w.pid ?? '?'}  breaks the tie when the nodes lose each other
+  const rate = parseSize(values['resync-rate']) as number;
+  process.stdout.write(`tandem demo: two nodes and a witness, one pool with a mirrored volume (files, logs and pid files in ${dir})
+  alpha    127.0.0.2  pid ${pid('alpha')}  owns pool0: vol0 PRIMARY, exported on ${url}
+  beta     127.0.0.3  pid ${pid('beta')}  vol0 SECONDARY: receives every write
+  witness  ${WITNESS}  pid ${pid('witness')}  breaks the tie when the nodes lose each other
+  console  http://127.0.0.2:7780/ and http://127.0.0.3:7780/  (each node's API serves it)${rate > 0 ? `\n  resync   at most ${values['resync-rate']}/s` : ''}
 
 Try, in another terminal:
   npx tandem status --api 127.0.0.2:7780          # PRIM / SECOND, resync progress (first: the initial sync)
   qemu-io -f raw -c 'write -P 0xab 0 1M' ${url}    # a write lands on both nodes before it is acknowledged
-  kill -9 ${a.pid ?? 'ALPHA_PID'}                                      # alpha dies: beta takes pool0 over in about a second
+  kill -9 $(cat ${pidFile(dir, 'alpha')})       # alpha dies: beta takes pool0 over in about a second
   qemu-io -f raw -c 'read -P 0xab 0 1M' ${url}     # same address, now served by beta, with every write
-  npx tandem node start --config ${nodes[0]?.config}   # alpha returns as SECONDARY: only what changed is resynced
-  npx tandem swap pool0 --api 127.0.0.3:7780        # planned switchover back to alpha
+  npx tandem swap pool0 --api 127.0.0.3:7780        # once alpha is back: planned switchover back to alpha
+Type here:
+  start alpha                                       # alpha returns as SECONDARY: only what changed is resynced
 Stop with Ctrl-C.
 
 `);
+  const startAgain = async (name: string): Promise<void> => {
+    const n = nodes.find((x) => x.name === name);
+    if (n === undefined) { process.stdout.write(`no node named ${JSON.stringify(name)}: alpha or beta\n`); return; }
+    const c = children.get(name);
+    if (running(c)) { process.stdout.write(`${name} is running (pid ${c.pid ?? '?'})\n`); return; }
+    try {
+      const child = await startNode(bin, n);
+      if (stopping) { child.kill('SIGTERM'); return; }
+      track(name, child);
+      process.stdout.write(`${name} started again: pid ${child.pid ?? '?'}\n`);
+    } catch (e) {
+      process.stdout.write(`${name} did not start: ${(e as Error).message}\n`);
+    }
+  };
+  // commands on standard input; when it ends (a pipe closed, </dev/null) the demo runs on until a signal
+  const input = readline.createInterface({ input: process.stdin, terminal: false });
+  let queue = Promise.resolve();
+  input.on('line', (line) => {
+    const [cmd, arg] = line.trim().split(/\s+/);
+    if (cmd === undefined || cmd === '') return;
+    if (cmd === 'start' && arg !== undefined) queue = queue.then(() => startAgain(arg));
+    else process.stdout.write(`${cmd === 'help' ? '' : `unknown command ${JSON.stringify(line.trim())}\n`}commands: start alpha, start beta\n`);
+  });
   await new Promise<void>((resolve) => {
     const stop = (): void => { process.off('SIGINT', stop); process.off('SIGTERM', stop); resolve(); };
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
   });
+  input.close();
+  process.stdin.destroy();
+  await queue;
   await stopAll();
   return 0;
 }

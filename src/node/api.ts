@@ -4,6 +4,8 @@ import http from 'node:http';
 import type { Command } from '../cluster/machine-types';
 import { diskStallLimits } from '../storage/stall-backend';
 import type { Logger } from '../util/log';
+import { createWebConsole } from '../web/console-server';
+import { nodeStatus } from '../web/status-view';
 import type { HostPort } from './config';
 import type { NodeDaemon } from './daemon';
 
@@ -70,7 +72,7 @@ async function movePool(d: NodeDaemon, pool: string, node: string): Promise<stri
 }
 
 async function route(d: NodeDaemon, method: string, url: string, body: () => Promise<Record<string, unknown>>): Promise<unknown> {
-  if (method === 'GET' && url === '/api/v1/status') return d.status();
+  if (method === 'GET' && url === '/api/v1/status') return nodeStatus(d);
   if (url === '/api/v1/faults/disk-stall') {
     // a test and diagnostic facility (docs/cluster.md, "Fault injection"): absent unless the config enables it
     if (d.diskStall === undefined) throw new ApiError(404, 'ERR_FAULTS_DISABLED', 'fault injection is not enabled on this node (config: "faults": { "enabled": true })');
@@ -144,7 +146,10 @@ async function route(d: NodeDaemon, method: string, url: string, body: () => Pro
 }
 
 export function startApi(d: NodeDaemon, at: HostPort, log: Logger): Promise<ApiServer> {
+  // the web console (docs/console.md): its page and files, GET /api/v1/events, GET /metrics, and the origin rules
+  const web = createWebConsole(d, log);
   const server = http.createServer((req, res) => {
+    if (web.handle(req, res)) return;
     const reply = (status: number, v: unknown): void => {
       const text = JSON.stringify(v, null, 2) + '\n';
       res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
@@ -169,7 +174,7 @@ export function startApi(d: NodeDaemon, at: HostPort, log: Logger): Promise<ApiS
       const a = server.address() as { address: string; port: number };
       resolve({
         address: { host: a.address, port: a.port },
-        close: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }),
+        close: () => new Promise<void>((r) => { web.close(); server.closeAllConnections(); server.close(() => r()); }),
       });
     });
   });

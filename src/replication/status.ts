@@ -64,6 +64,20 @@ export interface PoolStatus {
   floatingIps?: string[];
   /** where the owner exports the pool's volumes (nbd://HOST:PORT) */
   exports?: string[];
+  /** the pool's filesystem as this node sees it (mounted only on the owner) */
+  filesystem?: { volume: string; mountpoint: string; mounted: boolean };
+  /** the pool's applications on this node: running on the owner, stopped elsewhere (docs/applications.md) */
+  applications?: Array<{
+    name: string; module: string; state: 'stopped' | 'starting' | 'running' | 'failed' | 'stopping'; since: string; restarts: number;
+    lastCheck: { probe: string; ok: boolean; message: string; at: string } | null; error: string | null; output: string;
+  }>;
+}
+
+/** one configured heartbeat link: `up` is null when only the count of links up is known */
+export interface HeartbeatLinkStatus {
+  listen: string;
+  peer: string;
+  up: boolean | null;
 }
 
 export interface ClusterStateStatus {
@@ -72,13 +86,17 @@ export interface ClusterStateStatus {
   peer: { up: boolean; links: { up: number; total: number } };
   pools: PoolStatus[];
   heartbeat: Record<string, number>;
-  activity: Array<{ at: string; level: string; event: string; message: string }>;
+  activity: Array<{ at: string; level: string; event: string; message: string; pool?: string; ms?: number; ok?: boolean }>;
+  /** each heartbeat link, in configuration order */
+  heartbeatLinks?: HeartbeatLinkStatus[];
 }
 
 export interface NodeStatus {
   node: string;
   cluster: string;
   peer: { name: string; connected: boolean };
+  /** where the peer's API is expected, "HOST:PORT": the peer's sync host with this node's API port (docs/console.md) */
+  peerApi?: string;
   volumes: VolumeStatus[];
   /** the cluster machine's view (docs/cluster.md) */
   clusterState?: ClusterStateStatus;
