@@ -337,7 +337,9 @@ function aloneRequest(c: Ctx, volume: string, id: number): void {
   const p = c.poolOfVolume(volume);
   if (p === undefined) throw new Invalid('unknown-volume', `alone-request for an unknown volume ${JSON.stringify(volume)}`);
   c.set({ aloneAskedAt: { ...c.s.aloneAskedAt, [volume]: c.now } });
-  if (p.owner !== c.cfg.self || p.phase !== 'ACTIVE') return c.decide(volume, id, false, `pool ${p.name} is ${p.phase} here`);
+  // ACTIVATING counts: the takeover was decided (fenced or granted) before activation began, and a
+  // pool's own steps write (fsck replaying a journal, an application's recovery) before it is ACTIVE
+  if (p.owner !== c.cfg.self || (p.phase !== 'ACTIVE' && p.phase !== 'ACTIVATING')) return c.decide(volume, id, false, `pool ${p.name} is ${p.phase} here`);
   // an operator who set maintenance takes the responsibility: nothing moves
   if (c.maintenance) return c.decide(volume, id, true, 'maintenance');
   switch (c.cfg.policy) {

@@ -84,13 +84,22 @@ export class NbdServer {
   get connectionCount(): number { return this.connections.size; }
 
   listen(host: string, port: number): Promise<net.AddressInfo> {
+    return this.listenOn({ host, port, exclusive: true }).then(() => this.server.address() as net.AddressInfo);
+  }
+
+  /** A unix socket: a node-private export (the pool's filesystem), out of reach of the network. */
+  listenPath(socketPath: string): Promise<void> {
+    return this.listenOn({ path: socketPath, exclusive: true });
+  }
+
+  private listenOn(o: net.ListenOptions): Promise<void> {
     // both handlers go on a failure too, so retrying a busy port does not pile up listeners
     return new Promise((resolve, reject) => {
       const onError = (e: Error): void => { this.server.off('listening', onListening); reject(e); };
-      const onListening = (): void => { this.server.off('error', onError); resolve(this.server.address() as net.AddressInfo); };
+      const onListening = (): void => { this.server.off('error', onError); resolve(); };
       this.server.once('error', onError);
       this.server.once('listening', onListening);
-      this.server.listen({ host, port, exclusive: true });
+      this.server.listen(o);
     });
   }
 

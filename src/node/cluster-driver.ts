@@ -346,7 +346,8 @@ export class ClusterDriver {
     this.host.sendPeer(JSON.stringify(m));
   }
 
-  private note(level: ActivityEntry['level'], event: string, message: string, extra: Pick<ActivityEntry, 'pool' | 'ms' | 'ok'> = {}): void {
+  /** an entry in the activity log (and the node's log): the pool steps, the cluster's decisions, application events */
+  note(level: ActivityEntry['level'], event: string, message: string, extra: Pick<ActivityEntry, 'pool' | 'ms' | 'ok'> = {}): void {
     this.log[level](message, { event, ...extra });
     this.activity.push({ at: new Date().toISOString(), level, event, message, ...extra });
     if (this.activity.length > clusterLimits.activityEntries) this.activity.shift();

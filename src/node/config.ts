@@ -1,6 +1,7 @@
 // The node configuration file (docs/mirroring.md): parsed and checked as a
 // whole, so a bad file is one clear error and the node does not start.
 import type { FencingPolicy } from '../cluster/machine-types';
+import { parseApplications, parseFilesystem, type ApplicationConfig, type FilesystemConfig } from '../app/config';
 import { activityLogDefaults, activityLogLimits } from '../core/activity-log';
 import { parseSplitBrainPolicy, type SplitBrainPolicy } from '../core/generations';
 import type { CacheMode } from '../replication/replica';
@@ -59,6 +60,10 @@ export interface PoolConfig {
   /** the addresses that follow the pool; its exports listen on each, at nbdPort */
   readonly floatingIps: readonly FloatingIp[];
   readonly nbdPort: number;
+  /** a filesystem on one of the volumes, mounted by the owner before its applications start */
+  readonly filesystem: FilesystemConfig | null;
+  /** started in order after the exports and the filesystem, stopped in reverse */
+  readonly applications: readonly ApplicationConfig[];
 }
 
 export interface FloatingIpConfig {
@@ -195,7 +200,7 @@ export function parseNodeConfig(text: string): NodeConfig {
   const floatingIp = parseFloatingIpConfig(top.floatingIp);
   const pools = top.pools === undefined
     ? volumes.map((v): PoolConfig => ({
-      name: v.name, volumes: [v.name], preferredNode: v.primary, autoFailback: false, nbdListen: null, floatingIps: [], nbdPort: nbdListen.port,
+      name: v.name, volumes: [v.name], preferredNode: v.primary, autoFailback: false, nbdListen: null, floatingIps: [], nbdPort: nbdListen.port, filesystem: null, applications: [],
     }))
     : parsePools(top.pools, volumes, [nodeName, peerName], floatingIp.driver, nbdListen.port);
   const poolOf = new Map(pools.flatMap((pc) => pc.volumes.map((v) => [v, pc] as const)));
@@ -316,7 +321,7 @@ function parsePools(
   const owner = new Map<string, string>();
   const pools = v.map((p, i): PoolConfig => {
     const where = `pools[${i}]`;
-    const o = obj(p, where, ['name', 'volumes', 'preferredNode', 'autoFailback', 'nbdListen', 'floatingIps', 'nbdPort']);
+    const o = obj(p, where, ['name', 'volumes', 'preferredNode', 'autoFailback', 'nbdListen', 'floatingIps', 'nbdPort', 'filesystem', 'applications']);
     const poolName = name(o, 'name', where);
     if (!Array.isArray(o.volumes) || o.volumes.length === 0) fail(`${where}.volumes`, 'must be a non-empty list of volume names');
     const vols = o.volumes.map((x, j) => {
@@ -331,11 +336,13 @@ function parsePools(
     const autoFailback = o.autoFailback ?? false;
     if (typeof autoFailback !== 'boolean') fail(`${where}.autoFailback`, 'must be true or false');
     const floatingIps = parseFloatingIps(o.floatingIps, `${where}.floatingIps`, driver);
+    const filesystem = parseFilesystem(o.filesystem, `${where}.filesystem`, vols);
+    const applications = parseApplications(o.applications, `${where}.applications`, filesystem);
     if (floatingIps.length > 0 && o.nbdListen !== undefined) fail(`${where}.nbdListen`, 'a pool with floating IPs exports on them (at nbdPort): leave nbdListen out');
     if (floatingIps.length === 0 && o.nbdPort !== undefined) fail(`${where}.nbdPort`, 'is the port on the floating IPs: give the pool floatingIps, or use nbdListen');
     return {
       name: poolName, volumes: vols, preferredNode, autoFailback, nbdListen: o.nbdListen === undefined ? null : hostPort(o, 'nbdListen', where),
-      floatingIps, nbdPort: int(o, 'nbdPort', where, defaultNbdPort, 1, 65535),
+      floatingIps, nbdPort: int(o, 'nbdPort', where, defaultNbdPort, 1, 65535), filesystem, applications,
     };
   });
   if (new Set(pools.map((p) => p.name)).size !== pools.length) fail('pools', 'pool names must be unique');

@@ -97,7 +97,18 @@ export class NodeDaemon {
     this.floatingIps = fl.driver === 'linux'
       ? new LinuxDriver({ probeMs: fl.probeMs, announceCount: fl.announceCount, log: log.child('floating-ip') })
       : new LoopbackDriver();
-    this.pools = new PoolHost({ cfg, log: log.child('pool'), driver: this.floatingIps, exports: this.exports, replica: (v) => this.need(v) });
+    this.pools = new PoolHost({
+      cfg, log: log.child('pool'), driver: this.floatingIps, exports: this.exports, replica: (v) => this.need(v),
+      note: (level, event, message, extra) => this.cluster.note(level, event, message, extra),
+      failover: (p, reason) => {
+        this.cluster.command({ kind: 'swap', pool: p.name }).then(
+          (r) => this.cluster.note(r.ok ? 'info' : 'error', 'app-failover', r.ok
+            ? `pool ${p.name} handed to ${cfg.peer.name} after its application failed: ${r.message}`
+            : `pool ${p.name} cannot fail over (${r.message}); it stays here with its application failed: ${reason}`, { pool: p.name, ok: r.ok }),
+          (e: unknown) => this.log.error('failing a pool over failed', { pool: p.name, error: String(e) }),
+        );
+      },
+    });
     this.cluster = new ClusterDriver(cfg, this.clusterHost(), log.child('cluster'));
   }
 
@@ -200,7 +211,10 @@ export class NodeDaemon {
       pools: c.pools.map((v) => {
         const p = this.cfg.pools.find((x) => x.name === v.name);
         if (p === undefined) return v;
-        return { ...v, floatingIps: p.floatingIps.map(describeIp), exports: this.pools.exportAddresses(p).map((a) => `nbd://${hostForUrl(a.host)}:${a.port}`) };
+        return {
+          ...v, floatingIps: p.floatingIps.map(describeIp), exports: this.pools.exportAddresses(p).map((a) => `nbd://${hostForUrl(a.host)}:${a.port}`),
+          ...this.pools.serviceStatus(p),
+        };
       }),
     };
   }

@@ -1,8 +1,18 @@
 // Carries out the cluster's activate / deactivate / suspend / resume for each
 // pool on this node, in the documented order (docs/pools.md): promote the
-// volumes → add the floating IPs → start the exports (→ applications, later);
-// release in reverse. A failed step undoes the ones before it, so a pool is
-// never half up. Operations on one pool run one at a time.
+// volumes → add the floating IPs → start the exports → mount the filesystem →
+// start the applications; release in reverse. A failed step undoes the ones
+// before it, so a pool is never half up. Operations on one pool run one at a
+// time. A failing application is restarted in place, then the pool fails over
+// (docs/applications.md).
+import path from 'node:path';
+import { Application, type ApplicationStatus } from '../app/application';
+import type { ApplicationConfig } from '../app/config';
+import type { AppContext, AppDriver } from '../app/driver';
+import { PoolFilesystem } from '../app/filesystem';
+import { GenericApp } from '../app/generic';
+import { RestartBudget } from '../app/policy';
+import { PostgresqlApp } from '../app/postgresql';
 import type { Replica } from '../replication/replica';
 import type { Logger } from '../util/log';
 import { describeIp, type FloatingIp, type FloatingIpDriver } from '../pool/floating-ip';
@@ -16,6 +26,15 @@ export interface PoolHostDeps {
   readonly driver: FloatingIpDriver;
   readonly exports: Exports;
   readonly replica: (volume: string) => Replica;
+  /** an application event for the activity log */
+  readonly note: (level: 'info' | 'warn' | 'error', event: string, message: string, extra: { pool: string; ok?: boolean; ms?: number }) => void;
+  /** an application kept failing after its restarts: hand the pool to the other node */
+  readonly failover: (pool: PoolConfig, reason: string) => void;
+}
+
+export interface PoolServiceStatus {
+  readonly filesystem?: { volume: string; mountpoint: string; mounted: boolean };
+  readonly applications?: ApplicationStatus[];
 }
 
 interface PoolRuntime {
@@ -24,6 +43,8 @@ interface PoolRuntime {
   /** exports stopped and addresses released while the pool's writes are suspended */
   suspended: boolean;
   chain: Promise<void>;
+  readonly filesystem: PoolFilesystem | null;
+  readonly apps: ReadonlyArray<{ readonly app: Application; readonly budget: RestartBudget }>;
 }
 
 const silent: StepReporter = () => undefined;
@@ -34,11 +55,89 @@ export class PoolHost {
   private readonly exporting = new Set<string>();
 
   constructor(private readonly d: PoolHostDeps) {
-    for (const p of d.cfg.pools) this.pools.set(p.name, { active: null, suspended: false, chain: Promise.resolve() });
+    for (const p of d.cfg.pools) {
+      const filesystem = p.filesystem === null ? null : this.filesystemOf(p, p.filesystem.volume);
+      const apps = p.applications.map((a) => ({ app: this.application(p, a, filesystem), budget: new RestartBudget(a.restart) }));
+      this.pools.set(p.name, { active: null, suspended: false, chain: Promise.resolve(), filesystem, apps });
+    }
+  }
+
+  private get runDir(): string {
+    return path.join(this.d.cfg.node.dataDir, 'run');
+  }
+
+  private filesystemOf(p: PoolConfig, volume: string): PoolFilesystem {
+    const size = this.d.cfg.volumes.find((v) => v.name === volume)?.size ?? 0;
+    return new PoolFilesystem({
+      pool: p.name, cfg: p.filesystem as NonNullable<PoolConfig['filesystem']>, runDir: this.runDir, log: this.d.log,
+      backend: () => this.d.replica(volume).backendForExport(), size: () => size,
+    });
+  }
+
+  private application(p: PoolConfig, a: ApplicationConfig, filesystem: PoolFilesystem | null): Application {
+    const ctx: AppContext = {
+      node: this.d.cfg.node.name, pool: p.name, floatingIps: p.floatingIps.map((ip) => ip.address),
+      mountpoint: filesystem?.mountpoint ?? null, runDir: this.runDir,
+    };
+    const driver: AppDriver = a.module === 'postgresql' ? new PostgresqlApp(a, ctx) : new GenericApp(a, ctx);
+    return new Application(a, driver, this.d.log.child(a.name), (app, reason) => this.onApplicationFailure(p, app, reason));
+  }
+
+  /**
+   * A checker gave up on an application: restart it in place while the restart budget allows,
+   * then fail the pool over. Runs in the pool's queue, so it never races a release.
+   */
+  private onApplicationFailure(p: PoolConfig, app: Application, reason: string): void {
+    this.d.note('warn', 'app-failed', `pool ${p.name}: application ${app.name} failed: ${reason}`, { pool: p.name, ok: false });
+    let failover: string | null = null;
+    this.serial(p, async (rt) => {
+      if (rt.active === null || rt.suspended) return;
+      const entry = rt.apps.find((x) => x.app === app);
+      if (entry === undefined) return;
+      for (let why = reason; ;) {
+        const verdict = entry.budget.onFailure(Date.now());
+        app.restarts = entry.budget.recent;
+        if (verdict.action === 'failover') {
+          failover = `application ${app.name} failed ${verdict.restarts + 1} times within ${app.cfg.restart.windowMs} ms: ${why}`;
+          return;
+        }
+        const started = Date.now();
+        try {
+          await app.stop().catch(() => undefined);
+          await app.start();
+          this.d.note('info', 'app-restart', `pool ${p.name}: application ${app.name} restarted in place (${verdict.attempt} of ${app.cfg.restart.max})`, { pool: p.name, ok: true, ms: Date.now() - started });
+          return;
+        } catch (e) {
+          why = (e as Error).message;
+          this.d.note('error', 'app-restart', `pool ${p.name}: restarting application ${app.name} failed: ${why}`, { pool: p.name, ok: false, ms: Date.now() - started });
+        }
+      }
+    }).then(() => {
+      if (failover === null) return;
+      this.d.note('error', 'app-failover', `pool ${p.name}: ${failover}: failing the pool over`, { pool: p.name, ok: false });
+      // outside the queue: the handover's own release runs in it
+      this.d.failover(p, failover);
+    }, (e: unknown) => this.d.log.error('handling an application failure failed', { pool: p.name, error: String(e) }));
+  }
+
+  /** what status shows of a pool's filesystem and applications on this node */
+  serviceStatus(p: PoolConfig): PoolServiceStatus {
+    const rt = this.pools.get(p.name);
+    if (rt === undefined || (rt.filesystem === null && rt.apps.length === 0)) return {};
+    return {
+      ...(p.filesystem === null || rt.filesystem === null ? {} : { filesystem: { volume: p.filesystem.volume, mountpoint: p.filesystem.mountpoint, mounted: rt.filesystem.mounted() } }),
+      applications: rt.apps.map((x) => x.app.status()),
+    };
+  }
+
+  /** the volumes NBD clients reach: all but the one carrying the pool's filesystem */
+  private exportedVolumes(p: PoolConfig): readonly string[] {
+    return p.volumes.filter((v) => v !== p.filesystem?.volume);
   }
 
   /** where a pool's exports listen: each floating IP at nbdPort, or its nbdListen, or the node's */
   exportAddresses(p: PoolConfig): HostPort[] {
+    if (this.exportedVolumes(p).length === 0) return [];
     if (p.floatingIps.length > 0) return p.floatingIps.map((ip) => ({ host: ip.address, port: p.nbdPort }));
     return [p.nbdListen ?? this.d.cfg.node.nbdListen];
   }
@@ -46,6 +145,10 @@ export class PoolHost {
   /** At start: an address a crashed run left on an interface is removed before anything else. */
   async removeLeftovers(): Promise<void> {
     for (const p of this.d.cfg.pools) {
+      const filesystem = this.pools.get(p.name)?.filesystem;
+      if (filesystem !== null && filesystem !== undefined && await filesystem.removeLeftovers()) {
+        this.d.log.warn('a filesystem mount left from an earlier run was removed', { pool: p.name, mountpoint: filesystem.mountpoint });
+      }
       for (const ip of p.floatingIps) {
         if (!(await this.d.driver.present(ip))) continue;
         await this.d.driver.remove(ip);
@@ -107,7 +210,7 @@ export class PoolHost {
     const out: ExportRequest[] = [];
     for (const p of this.d.cfg.pools) {
       if (!this.exporting.has(p.name)) continue;
-      const replicas = p.volumes.map((v) => this.d.replica(v)).filter((r) => r.role === 'PRIMARY');
+      const replicas = this.exportedVolumes(p).map((v) => this.d.replica(v)).filter((r) => r.role === 'PRIMARY');
       for (const at of this.exportAddresses(p)) out.push({ at, replicas });
     }
     return out;
@@ -133,9 +236,19 @@ export class PoolHost {
     ];
   }
 
-  /** the floating IPs, then the exports: what a suspended pool gives up and a resumed one takes back */
+  /** the floating IPs, the exports, the filesystem, the applications: what a suspended pool gives up and a resumed one takes back */
   private serviceSteps(p: PoolConfig): Step[] {
-    return [...p.floatingIps.map((ip) => this.addressStep(ip)), this.exportStep(p)];
+    const rt = this.pools.get(p.name);
+    const steps = p.floatingIps.map((ip) => this.addressStep(ip));
+    if (this.exportedVolumes(p).length > 0) steps.push(this.exportStep(p));
+    const filesystem = rt?.filesystem ?? null;
+    if (filesystem !== null) {
+      steps.push({ name: filesystem.describe(), run: () => filesystem.mount(), undo: () => filesystem.unmount() });
+    }
+    for (const { app } of rt?.apps ?? []) {
+      steps.push({ name: `application ${app.name}`, run: () => app.start(), undo: () => { app.quiesce(); return app.stop(); } });
+    }
+    return steps;
   }
 
   private addressStep(ip: FloatingIp): Step {
@@ -156,7 +269,7 @@ export class PoolHost {
   private exportStep(p: PoolConfig): Step {
     const addresses = this.exportAddresses(p);
     return {
-      name: `export ${p.volumes.join(', ')} on ${addresses.map((a) => `${a.host}:${a.port}`).join(', ')}`,
+      name: `export ${this.exportedVolumes(p).join(', ')} on ${addresses.map((a) => `${a.host}:${a.port}`).join(', ')}`,
       run: async () => {
         this.exporting.add(p.name);
         // a refresh also fails for another pool's address: what counts is whether this pool's are served
