@@ -428,6 +428,7 @@ function renderPools() {
     if (peerPool && peerPool.owner !== p.owner) owner += ` <span class="detail">${esc(peerSt.node)} says ${esc(peerPool.owner)} (term ${peerPool.term})</span>`;
     const ips = (p.floatingIps ?? []).map((x) => `<li>${esc(x)}</li>`).join('') || '<li class="muted">none</li>';
     const ex = (p.exports ?? []).map((x) => `<li>${esc(x)}</li>`).join('') || '<li class="muted">none</li>';
+    const services = servicesCell(mine ? p : (peerPool ?? p), mine ? st.node : (peerSt?.node ?? st.node));
     let actions;
     if (mine) {
       const dis = sv.live ? '' : ' disabled';
@@ -445,15 +446,32 @@ function renderPools() {
       <td><ul class="plain">${phases.join('')}</ul></td>
       <td><ul class="plain">${ips}</ul></td>
       <td><ul class="plain">${ex}</ul></td>
+      <td>${services}</td>
       <td class="num">${p.term}</td>
       <td>${actions}</td>
     </tr>`;
   });
   patch('pools-body', `<div class="table-wrap"><table>
     <caption>Who serves each pool, as ${esc(st.node)} sees it${peerSt ? ` (and ${esc(peerSt.node)})` : ''}.</caption>
-    <thead><tr><th scope="col">Pool</th><th scope="col">Owner</th><th scope="col">Phase</th><th scope="col">Floating IPs</th><th scope="col">Exports</th><th scope="col">Term</th><th scope="col">Actions</th></tr></thead>
-    <tbody>${rows.join('') || '<tr><td colspan="7" class="muted">No pools.</td></tr>'}</tbody>
+    <thead><tr><th scope="col">Pool</th><th scope="col">Owner</th><th scope="col">Phase</th><th scope="col">Floating IPs</th><th scope="col">Exports</th><th scope="col">Filesystem and applications</th><th scope="col">Term</th><th scope="col">Actions</th></tr></thead>
+    <tbody>${rows.join('') || '<tr><td colspan="8" class="muted">No pools.</td></tr>'}</tbody>
   </table></div>`);
+}
+
+/** the pool's filesystem and applications as `node` (its owner, when known) reports them */
+function servicesCell(p, node) {
+  const items = [];
+  if (p.filesystem) {
+    items.push(`<li>${esc(p.filesystem.mountpoint)} (${esc(p.filesystem.volume)}): ${p.filesystem.mounted ? 'mounted' : '<span class="muted">not mounted</span>'}</li>`);
+  }
+  for (const a of p.applications ?? []) {
+    const glyph = { running: '✓', starting: '…', stopping: '…', stopped: '○', failed: '✕' }[a.state] ?? '?';
+    const restarts = a.restarts > 0 ? ` · ${a.restarts} restart${a.restarts === 1 ? '' : 's'}` : '';
+    const why = a.error ? ` <span class="detail">${esc(a.error)}</span>` : '';
+    const check = a.lastCheck ? ` <span class="detail">last check ${esc(a.lastCheck.probe)}: ${a.lastCheck.ok ? 'ok' : esc(a.lastCheck.message)}</span>` : '';
+    items.push(`<li aria-label="application ${esc(a.name)} on ${esc(node)}: ${esc(a.state)}">${glyph} ${esc(a.name)} (${esc(a.module)}): <strong>${esc(a.state)}</strong>${restarts}${why}${check}</li>`);
+  }
+  return items.length === 0 ? '<span class="muted">none</span>' : `<ul class="plain">${items.join('')}</ul>`;
 }
 
 const STATE_GLYPH = { PRIM: '✓', SECOND: '⇄', ALONE: '⚠', SYNCING: '⟳', 'SPLIT-BRAIN': '✕', WAIT: '…' };
