@@ -141,6 +141,7 @@ export class ClusterDriver {
   /** the peer's last state over the current sync link */
   private peerState: PeerMessage | undefined;
   private readonly activity: ActivityEntry[] = [];
+  private readonly activityListeners: Array<(e: ActivityEntry) => void> = [];
   private stopped = false;
 
   constructor(private readonly cfg: NodeConfig, private readonly host: ClusterHost, private readonly log: Logger) {
@@ -346,11 +347,18 @@ export class ClusterDriver {
     this.host.sendPeer(JSON.stringify(m));
   }
 
+  /** called with every new activity-log entry, in order (notification hooks) */
+  onActivity(listener: (e: ActivityEntry) => void): void {
+    this.activityListeners.push(listener);
+  }
+
   /** an entry in the activity log (and the node's log): the pool steps, the cluster's decisions, application events */
   note(level: ActivityEntry['level'], event: string, message: string, extra: Pick<ActivityEntry, 'pool' | 'ms' | 'ok'> = {}): void {
     this.log[level](message, { event, ...extra });
-    this.activity.push({ at: new Date().toISOString(), level, event, message, ...extra });
+    const entry: ActivityEntry = { at: new Date().toISOString(), level, event, message, ...extra };
+    this.activity.push(entry);
     if (this.activity.length > clusterLimits.activityEntries) this.activity.shift();
+    for (const l of this.activityListeners) l(entry);
   }
 
   /** every step of taking a pool up or down goes to the activity log with its outcome and duration */

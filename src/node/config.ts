@@ -2,6 +2,7 @@
 // whole, so a bad file is one clear error and the node does not start.
 import type { FencingPolicy } from '../cluster/machine-types';
 import { parseApplications, parseFilesystem, type ApplicationConfig, type FilesystemConfig } from '../app/config';
+import { parseNotify, type HookConfig } from './notify';
 import { activityLogDefaults, activityLogLimits } from '../core/activity-log';
 import { parseSplitBrainPolicy, type SplitBrainPolicy } from '../core/generations';
 import type { CacheMode } from '../replication/replica';
@@ -100,6 +101,8 @@ export interface NodeConfig {
   readonly pools: readonly PoolConfig[];
   readonly floatingIp: FloatingIpConfig;
   readonly faults: FaultsConfig;
+  /** hooks told of activity-log entries (src/node/notify.ts) */
+  readonly notify: readonly HookConfig[];
 }
 
 export const configLimits = {
@@ -157,7 +160,7 @@ export function parseNodeConfig(text: string): NodeConfig {
   } catch (e) {
     fail('config', `not JSON: ${(e as Error).message}`);
   }
-  const top = obj(raw, 'config', ['cluster', 'node', 'peer', 'sync', 'heartbeat', 'fencing', 'volumes', 'pools', 'floatingIp', 'faults']);
+  const top = obj(raw, 'config', ['cluster', 'node', 'peer', 'sync', 'heartbeat', 'fencing', 'volumes', 'pools', 'floatingIp', 'faults', 'notify']);
   const c = obj(top.cluster, 'cluster', ['name', 'id', 'secret']);
   const n = obj(top.node, 'node', ['name', 'dataDir', 'syncListen', 'apiListen', 'nbdListen']);
   const p = obj(top.peer, 'peer', ['name', 'syncAddress']);
@@ -223,6 +226,7 @@ export function parseNodeConfig(text: string): NodeConfig {
     pools,
     floatingIp,
     faults: parseFaults(top.faults),
+    notify: parseNotify(top.notify),
   };
 }
 

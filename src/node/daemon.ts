@@ -27,6 +27,7 @@ import { startApi, type ApiServer } from './api';
 import { ClusterDriver, type ClusterHost } from './cluster-driver';
 import type { NodeConfig, PoolConfig, VolumeConfig } from './config';
 import { Exports } from './exports';
+import { Notifier } from './notify';
 import { PoolHost } from './pool-host';
 
 export function wireVolumeId(clusterId: Buffer, volumeName: string): Buffer {
@@ -73,6 +74,7 @@ export class NodeDaemon {
   private readonly floatingIps: FloatingIpDriver;
   readonly pools: PoolHost;
   readonly cluster: ClusterDriver;
+  private readonly notifier: Notifier;
   private api: ApiServer | undefined;
   private ticker: NodeJS.Timeout | undefined;
   private dialTimer: NodeJS.Timeout | undefined;
@@ -110,6 +112,8 @@ export class NodeDaemon {
       },
     });
     this.cluster = new ClusterDriver(cfg, this.clusterHost(), log.child('cluster'));
+    this.notifier = new Notifier(cfg.notify, cfg.node.name, cfg.cluster.name, log.child('notify'));
+    this.cluster.onActivity((e) => this.notifier.onActivity(e));
   }
 
   private clusterHost(): ClusterHost {
@@ -357,5 +361,7 @@ export class NodeDaemon {
     this.link?.close('node stopping');
     this.syncServer?.close();
     await this.api?.close();
+    // the last entries (the pools' release) reach the hooks, within reason
+    await Promise.race([this.notifier.idle(), new Promise((r) => setTimeout(r, 5000).unref())]);
   }
 }
