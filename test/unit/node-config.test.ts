@@ -22,7 +22,7 @@ test('defaults: one heartbeat link beside the sync ports, policy manual, each vo
   assert.equal(c.heartbeat.intervalMs, 200);
   assert.equal(c.heartbeat.timeoutMs, 1000);
   assert.equal(c.fencing.policy, 'manual');
-  assert.deepEqual(c.pools, [{ name: 'vol0', volumes: ['vol0'], preferredNode: 'alpha', autoFailback: false, nbdListen: null, floatingIps: [], nbdPort: 10809 }]);
+  assert.deepEqual(c.pools, [{ name: 'vol0', volumes: ['vol0'], preferredNode: 'alpha', autoFailback: false, nbdListen: null, floatingIps: [], nbdPort: 10809, filesystem: null, applications: [] }]);
   assert.deepEqual(c.floatingIp, { driver: 'linux', probeMs: 300, announceCount: 3 });
   assert.equal(c.volumes[0]?.activityLogExtents, 1017);
 });
