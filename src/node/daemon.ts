@@ -172,7 +172,7 @@ export class NodeDaemon {
           volume, tracking, role: v.primary === cfg.node.name ? 'PRIMARY' : 'SECONDARY', cacheMode: v.cacheMode,
           splitBrainPolicy: v.afterSplitBrain, resyncRateBytesPerSecond: v.resyncRate, checksumResync: v.checksumResync,
           log: this.log.child(v.name), applyBudget: this.applyBudget,
-          alonePolicy: this.cluster.alonePolicy(), roleFromCluster: true,
+          alonePolicy: this.cluster.alonePolicy(), roleFromCluster: true, ackBeforePeer: cfg.faults.ackBeforePeer,
         });
         r.handshakeTimeoutMs = cfg.sync.timeoutMs;
         this.replicas.set(v.name, r);

@@ -65,6 +65,12 @@ export interface ReplicaOptions {
   readonly roleFromCluster?: boolean;
   /** shared by every volume of the node: bytes being applied for the peer */
   readonly applyBudget: ByteBudget;
+  /**
+   * A deliberately broken build (faults.ackBeforePeer): a client's write is acknowledged once the
+   * local copy has it, and reaches the peer ACK_BEFORE_PEER_DELAY_MS later. The torture checker
+   * must catch the writes this loses when the primary dies in between (docs/torture.md).
+   */
+  readonly ackBeforePeer?: boolean;
 }
 
 export interface ResyncReport extends ResyncProgress {
@@ -93,6 +99,13 @@ const DISK_TO_WIRE: Record<DiskState, number> = {
 };
 const DISK_FROM_WIRE: readonly DiskState[] = ['Diskless', 'Inconsistent', 'Outdated', 'UpToDate'];
 const EIO = 5;
+/** ackBeforePeer: long enough that a kill -9 of the primary under load reliably lands inside it */
+export const ACK_BEFORE_PEER_DELAY_MS = 500;
+/**
+ * While client writes flow, the span of their acknowledgements is logged at least this often, so a
+ * node killed with kill -9 leaves a record of when it accepted writes up to this close to its death.
+ */
+export const ACK_REPORT_MS = 1000;
 
 interface PeerView {
   readonly side: SyncSide;
@@ -154,6 +167,8 @@ export class Replica {
   /** met the peer as a sync target; its RESYNC_START has not come yet */
   private awaitingResync = false;
   private closed = false;
+  /** client writes acknowledged since the last 'accepted client writes' line: first and last ack (ms since the epoch) */
+  private ackRun: { from: number; until: number; writes: number } | undefined;
   readonly counters: VolumeCounters = { writes: 0, writeBytes: 0, peerWriteBytes: 0, peerZeroBytes: 0, resyncBytes: 0, resyncZeroBytes: 0, resyncSkippedBytes: 0 };
 
   constructor(private readonly o: ReplicaOptions) {
@@ -177,6 +192,10 @@ export class Replica {
         throw new ReplicaError('ERR_NOT_UP_TO_DATE', `volume ${this.name} is ${this.meta.diskState} here: it cannot start as primary`);
       }
       this.saveMeta({ ...this.meta, role: 'PRIMARY', primaryOpen: true, becamePrimaryAt: this.meta.becamePrimaryAt ?? Date.now() });
+    }
+    if (o.ackBeforePeer === true) {
+      this.log.warn(`BROKEN ON PURPOSE (faults.ackBeforePeer): client writes are acknowledged before the peer has them and reach it ${ACK_BEFORE_PEER_DELAY_MS} ms later; ` +
+        'a primary that dies loses acknowledged writes. Never run this outside the torture test.', { volume: this.name });
     }
   }
 
@@ -297,6 +316,7 @@ export class Replica {
         await this.activityLogBegin(offset, length);
         try {
           await this.carryOut(offset, length, kind, data, zo);
+          this.noteAck();
         } finally {
           this.tracking.log.endWrite(offset, length);
           if (this.logWaiters.length > 0) this.wakeLogWaiters();
@@ -355,6 +375,10 @@ export class Replica {
       // remembered from the moment it is sent: if the link fails before the peer's next FLUSH,
       // even an acknowledged write may exist only in the peer's cache
       if (!writeThrough) (this.unflushed[0] as DirtyBitmap).set(offset, length);
+      if (this.o.ackBeforePeer === true) {
+        await this.carryOutAckBeforePeer(session, id, m, offset, length, kind, data, zo);
+        return;
+      }
       peer = session.request(id, m, `${kind} ${offset}+${length}`);
     }
     let localError: unknown;
@@ -384,6 +408,44 @@ export class Replica {
     if (r !== 0) await this.checkAlone();
   }
 
+  /** The broken write path of faults.ackBeforePeer: local write, acknowledgement, and the peer only later. */
+  private async carryOutAckBeforePeer(
+    session: PeerSession, id: bigint, m: SyncMessage, offset: number, length: number, kind: 'write' | 'trim' | 'zero', data?: Buffer, zo?: ZeroOptions,
+  ): Promise<void> {
+    if (kind === 'write') await this.backend.write(data as Buffer, offset);
+    else if (kind === 'zero') await this.backend.zero(offset, length, zo ?? { noHole: false, fast: false });
+    else await this.backend.trim(offset, length);
+    if (this.o.cacheMode === 'write-through') await this.backend.flush();
+    // the NBD connection reuses its buffer once the write is acknowledged
+    const late: SyncMessage = m.type === SyncMessageType.WRITE ? { ...m, data: Buffer.from(m.data) } : m;
+    setTimeout(() => {
+      void session.request(id, late, `${kind} ${offset}+${length} (sent late)`).then(async (r) => {
+        if (r === 0) { this.counters.peerWriteBytes += length; return; }
+        await this.recordMissed(offset, length);
+      }).catch((e: unknown) => this.log.error('a late peer write could not be recorded as missed', { volume: this.name, offset, length, error: String(e) }));
+    }, ACK_BEFORE_PEER_DELAY_MS);
+    this.counters.writes++;
+    this.counters.writeBytes += length;
+  }
+
+  private noteAck(): void {
+    const now = Date.now();
+    const r = this.ackRun;
+    if (r === undefined) this.ackRun = { from: now, until: now, writes: 1 };
+    else { r.until = now; r.writes++; }
+  }
+
+  /**
+   * One line per span of acknowledged client writes: with the peer's, it shows whether two nodes ever
+   * accepted writes for this volume at the same time (the torture checker reads it).
+   */
+  private reportAcks(): void {
+    const r = this.ackRun;
+    if (r === undefined) return;
+    this.ackRun = undefined;
+    this.log.info('accepted client writes', { volume: this.name, from: new Date(r.from).toISOString(), until: new Date(r.until).toISOString(), writes: r.writes });
+  }
+
   /** Throws EIO unless the policy lets this copy acknowledge a write the peer lacks. */
   private async checkAlone(): Promise<void> {
     const p = this.o.alonePolicy;
@@ -408,6 +470,7 @@ export class Replica {
   /** Client writes and flushes fail with EIO until resume(): the cluster no longer lets this copy accept them. */
   suspend(reason: string): void {
     if (this.suspended === reason) return;
+    this.reportAcks();
     this.suspended = reason;
     this.log.warn('writes suspended', { volume: this.name, reason });
   }
@@ -1149,6 +1212,7 @@ export class Replica {
     const reopen = await this.closeGate();
     try {
       await this.flushBoth(false);
+      this.reportAcks();
       this.roleNow = 'SECONDARY';
       this.mirroring = false;
       this.saveMeta({ ...this.meta, role: 'SECONDARY', primaryOpen: false });
@@ -1162,6 +1226,7 @@ export class Replica {
   // ------------------------------------------------------------------ housekeeping
 
   tick(): void {
+    if (this.ackRun !== undefined && Date.now() - this.ackRun.from >= ACK_REPORT_MS) this.reportAcks();
     // the count of bytes written apart is advisory (discard-least-changes): a few seconds stale is fine
     if (this.metaDirty && Date.now() - this.metaSavedAt >= replicationLimits.metadataSaveMs) this.saveMeta(this.meta);
     this.resyncTarget?.tick();
@@ -1178,6 +1243,7 @@ export class Replica {
   async close(): Promise<void> {
     if (this.closed) return;
     if (this.roleNow === 'PRIMARY') await this.closeGate();
+    this.reportAcks();
     this.closed = true;
     this.resyncTarget?.stop('node stopping');
     await this.locks.drain();
