@@ -96,6 +96,8 @@ export type MachineEvent =
   | { readonly type: 'peer-message'; readonly now: number; readonly message: PeerMessage }
   | { readonly type: 'volume'; readonly now: number; readonly name: string; readonly facts: VolumeFacts }
   | { readonly type: 'activated'; readonly now: number; readonly pool: string; readonly ok: boolean; readonly error?: string }
+  /** the daemon's timer after an activation failed for a cause that may clear by itself (an address or port still held) */
+  | { readonly type: 'retry-activate'; readonly now: number; readonly pool: string }
   | { readonly type: 'deactivated'; readonly now: number; readonly pool: string }
   /**
    * seq: the seq of the 'fence' / 'witness' action answered. A reply whose seq is not the one in flight

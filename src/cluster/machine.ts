@@ -61,6 +61,7 @@ function handle(c: Ctx, e: Exclude<MachineEvent, { type: 'start' }>): void {
       return;
     }
     case 'activated': return activated(c, e.pool, e.ok, e.error);
+    case 'retry-activate': return retryActivate(c, e.pool);
     case 'deactivated': return deactivated(c, e.pool);
     case 'fence-done': return fenceDone(c, e.ok, e.detail, e.seq);
     case 'witness-reply': return witnessReply(c, e.request, e.granted, e.reason, e.seq);
@@ -223,6 +224,15 @@ function activated(c: Ctx, name: string, ok: boolean, error: string | undefined)
     c.log('error', 'activate-failed', `pool ${name}: activation failed: ${error ?? 'unknown error'}; an operator's promote retries it`);
   }
   if (p.deactivateWhenActivated) c.deactivate(name, { kind: 'standby' }, null);
+}
+
+/** Only a pool this node still owns and that is still INACTIVE: a late timer after anything else changed is ignored. */
+function retryActivate(c: Ctx, name: string): void {
+  const p = c.pool(name);
+  if (p === undefined) throw new Invalid('unknown-pool', `retry-activate: unknown pool ${JSON.stringify(name)}`);
+  if (p.owner !== c.cfg.self || p.phase !== 'INACTIVE') return;
+  c.log('info', 'activate-retry', `pool ${name}: trying again (${p.reason ?? 'activation failed'})`);
+  c.activateChecked(name);
 }
 
 function deactivated(c: Ctx, name: string): void {

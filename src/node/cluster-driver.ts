@@ -51,7 +51,7 @@ export interface ActivityEntry {
   readonly ok?: boolean;
 }
 
-export const clusterLimits = { poolsInMessage: 1024, activityEntries: 200, fenceOutputBytes: 64 * 1024, stateFileBytes: 1024 * 1024 } as const;
+export const clusterLimits = { activateRetryFirstMs: 1000, activateRetryMaxMs: 30_000, poolsInMessage: 1024, activityEntries: 200, fenceOutputBytes: 64 * 1024, stateFileBytes: 1024 * 1024 } as const;
 
 const STATE_FILE = 'cluster-state.json';
 
@@ -142,6 +142,9 @@ export class ClusterDriver {
   private peerState: PeerMessage | undefined;
   private readonly activity: ActivityEntry[] = [];
   private readonly activityListeners: Array<(e: ActivityEntry) => void> = [];
+  /** activation retries per pool since its last success, and their timers */
+  private readonly retries = new Map<string, number>();
+  private readonly retryTimers = new Set<NodeJS.Timeout>();
   private stopped = false;
 
   constructor(private readonly cfg: NodeConfig, private readonly host: ClusterHost, private readonly log: Logger) {
@@ -292,8 +295,11 @@ export class ClusterDriver {
       case 'activate': {
         const pool = this.pool(a.pool);
         this.host.activate(pool, this.stepReporter(a.pool)).then(
-          () => this.dispatch({ type: 'activated', now: monotonicMs(), pool: a.pool, ok: true }),
-          (e: unknown) => this.dispatch({ type: 'activated', now: monotonicMs(), pool: a.pool, ok: false, error: (e as Error).message }),
+          () => { this.retries.delete(a.pool); this.dispatch({ type: 'activated', now: monotonicMs(), pool: a.pool, ok: true }); },
+          (e: unknown) => {
+            this.dispatch({ type: 'activated', now: monotonicMs(), pool: a.pool, ok: false, error: (e as Error).message });
+            this.scheduleRetry(a.pool, (e as Error).message);
+          },
         );
         return;
       }
@@ -345,6 +351,25 @@ export class ClusterDriver {
 
   private sendPeer(m: PeerMessage): void {
     this.host.sendPeer(JSON.stringify(m));
+  }
+
+  /**
+   * An address still answering usually clears by itself: the old owner's
+   * daemon restarts and removes what its crash left, a suspended owner lets go once it runs again.
+   * Retried with a growing pause while this node still owns the pool INACTIVE; anything else waits
+   * for an operator.
+   */
+  private scheduleRetry(pool: string, error: string): void {
+    if (!/is in use on the network already/.test(error) || this.stopped) return;
+    const attempt = (this.retries.get(pool) ?? 0) + 1;
+    this.retries.set(pool, attempt);
+    const ms = Math.min(clusterLimits.activateRetryMaxMs, clusterLimits.activateRetryFirstMs * 2 ** (attempt - 1));
+    this.note('warn', 'activate-retry-scheduled', `pool ${pool}: trying again in ${ms} ms (attempt ${attempt + 1})`, { pool });
+    const t = setTimeout(() => {
+      this.retryTimers.delete(t);
+      if (!this.stopped) this.dispatch({ type: 'retry-activate', now: monotonicMs(), pool });
+    }, ms);
+    this.retryTimers.add(t);
   }
 
   /** called with every new activity-log entry, in order (notification hooks) */
@@ -412,6 +437,8 @@ export class ClusterDriver {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    for (const t of this.retryTimers) clearTimeout(t);
+    this.retryTimers.clear();
     if (this.ticker !== undefined) clearInterval(this.ticker);
     for (const w of this.aloneWaiters.values()) w(false);
     this.aloneWaiters.clear();

@@ -181,7 +181,11 @@ export class PoolHost {
     return this.serial(p, async (rt) => {
       if (rt.active === null || rt.suspended) return;
       rt.suspended = true;
-      const errors = await releaseSteps(this.serviceSteps(p), silent);
+      // the addresses first: the peer may take the pool over as soon as its lease runs out, and its
+      // probe must not find this node still answering while the exports drain their writes
+      const steps = this.serviceSteps(p);
+      const addresses = steps.slice(0, p.floatingIps.length);
+      const errors = [...await releaseSteps(addresses, silent), ...await releaseSteps(steps.slice(p.floatingIps.length), silent)];
       if (errors.length > 0) throw new Error(errors.join('; '));
     });
   }

@@ -134,7 +134,8 @@ export class LinuxDriver implements FloatingIpDriver {
 
   async remove(ip: FloatingIp): Promise<void> {
     const r = await runCommand('ip', ['addr', 'del', `${ip.address}/${ip.prefix}`, 'dev', ip.interface]);
-    if (r.code !== 0 && !/cannot assign requested address/i.test(r.stderr)) throw failed(`removing ${describeIp(ip)}`, r);
+    // already gone counts as removed: iproute2 says so in one of two ways, depending on its version
+    if (r.code !== 0 && !/cannot assign requested address|address not found/i.test(r.stderr)) throw failed(`removing ${describeIp(ip)}`, r);
   }
 
   async present(ip: FloatingIp): Promise<boolean> {

@@ -61,7 +61,7 @@ function field(summary: string, re: RegExp): number {
 
 test('a short torture of the real build: nothing acknowledged is lost, one writer at a time, identical copies', {
   timeout: 360_000,
-  todo: 'open (docs/torture.md, "Found"): the run loses nothing and never has two writers, but can end unrecovered: '
+  todo: 'open (docs/torture.md, "Known findings"): the run loses nothing and never has two writers, but can end unrecovered: '
     + 'a paused primary meets its peer while still PRIMARY and the meeting is taken for a split brain; '
     + 'a takeover refused because the old owner still answered for the floating IP is not retried',
 }, async () => {

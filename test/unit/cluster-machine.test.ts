@@ -50,6 +50,25 @@ test('a new cluster: every pool owned by its preferred node at term 1, persisted
   assert.equal(d.pool('p0').phase, 'ACTIVE');
 });
 
+test('a failed activation is tried again on the daemon\'s timer only while this node owns the pool INACTIVE', () => {
+  const d = new Driver(config('alpha', 'witness'));
+  d.start(null);
+  d.volumes(IN_SYNC);
+  d.ev({ type: 'peer-up', incarnation: 5 });
+  d.peerState({ p0: { owner: 'alpha', term: 1 }, p1: { owner: 'beta', term: 1 } });
+  d.ev({ type: 'activated', pool: 'p0', ok: false, error: 'floating IP 198.18.0.10 is in use on the network already' });
+  assert.equal(d.pool('p0').phase, 'INACTIVE');
+  const again = d.ev({ type: 'retry-activate', pool: 'p0' });
+  assert.deepEqual(only(again, 'activate'), [{ type: 'activate', pool: 'p0', term: 1 }], 'same term: it owns the pool already');
+  assert.equal(d.pool('p0').phase, 'ACTIVATING');
+  none(d.ev({ type: 'retry-activate', pool: 'p0' }), 'activate');
+  d.ev({ type: 'activated', pool: 'p0', ok: true });
+  none(d.ev({ type: 'retry-activate', pool: 'p0' }), 'activate');
+  assert.equal(d.pool('p0').phase, 'ACTIVE', 'a late timer changes nothing');
+  none(d.ev({ type: 'retry-activate', pool: 'p1' }), 'activate');
+  assert.equal(d.pool('p1').phase, 'STANDBY', 'nor for a pool the peer owns');
+});
+
 test('restarting with persisted records keeps them, and persists nothing when nothing changed', () => {
   const d = new Driver(config('beta', 'witness'));
   const acts = d.start({ pools: { p0: { owner: 'beta', term: 4 }, p1: { owner: 'beta', term: 2 } }, maintenance: false });
