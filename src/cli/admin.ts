@@ -1,144 +1,246 @@
-// The management commands: each is one call to a node's API (docs/mirroring.md).
-import http from 'node:http';
+// The management commands: each asks a node's API (docs/mirroring.md, docs/cluster.md,
+// docs/pools.md); exit codes as in docs/operations.md.
 import { parseArgs } from 'node:util';
 import type { NodeStatus } from '../replication/status';
-import { parseHostPort } from '../util/address';
 import { formatSize } from '../util/size';
-import { UsageError } from './errors';
+import { ApiCallError, ApiUnreachableError, callApi, parseApi, type ApiAddress } from './api-client';
+import { UsageError, exitCodes } from './errors';
+import { formatElapsed, painter, parseDuration, wantsColor, type Painter } from './format';
+import { formatStatus } from './status-format';
+import { readStatus, waitForSync, type WaitOutcome } from './wait-sync';
 
-export const adminUsage = `usage: tandem status   --api HOST:PORT [--json]
-       tandem verify   VOLUME --api HOST:PORT [--resync] [--json]
-       tandem resolve  VOLUME --discard NODE --api HOST:PORT
-       tandem promote  VOLUME --api HOST:PORT [--force]
-       tandem demote   VOLUME --api HOST:PORT
-       tandem connect  VOLUME --api HOST:PORT
-       tandem disconnect VOLUME --api HOST:PORT
-       tandem swap     POOL --api HOST:PORT       (planned switchover to the peer)
-       tandem pool move POOL --node NODE --api HOST:PORT  (ask the owner to migrate the pool to NODE)
-       tandem maintenance on|off --api HOST:PORT  (nothing moves automatically while on)
---api defaults to $TANDEM_API, then 127.0.0.1:7780.`;
+export const adminUsage = `usage: tandem status     [--json] [--timeout DURATION]
+       tandem wait-sync  VOLUME [--timeout DURATION]   (until both copies are in sync)
+       tandem verify     VOLUME [--resync] [--wait [--timeout DURATION]] [--json]
+       tandem resolve    VOLUME --discard NODE     (on NODE, the node whose changes are thrown away)
+       tandem promote    VOLUME [--force]
+       tandem demote     VOLUME
+       tandem connect    VOLUME
+       tandem disconnect VOLUME
+       tandem swap       POOL                      (planned switchover to the peer)
+       tandem pool move  POOL --node NODE          (asked of the pool's owner)
+       tandem maintenance on|off                   (nothing moves automatically while on)
+       tandem activity   [--pool POOL] [--level warn|error] [-n LINES] [--json]
+Every command takes --api HOST:PORT: the node's node.apiListen; the default is
+$TANDEM_API, then 127.0.0.1:7780.
+  status --json      the status JSON as the node sent it (docs/status.schema.json)
+  status --timeout   how long to wait for the answer (default 10s)
+  wait-sync          polls until the volume is PRIM or SECOND with nothing out of sync;
+                     a progress bar on a terminal, a line every few seconds elsewhere.
+                     --timeout: give up after this long (default: no limit)
+  verify --wait      first waits as wait-sync does (verify needs both copies connected
+                     and no resync running); --timeout bounds that wait
+  verify --resync    sends this node's version of every differing block to the peer
+  activity           the node's activity log (its last 200 entries): cluster decisions and
+                     every pool step with its outcome and duration, oldest first; -n 0: all
+DURATION: 30 (seconds), 30s, 500ms, 10m, 2h.
 
-export class ApiCallError extends Error {
-  constructor(readonly code: string, message: string) { super(message); }
+exit status:
+  0  done: the status was read, the node carried the command out, the copies are in sync
+  1  refused or failed: the node answered with an error, a volume is in split brain or
+     will not reconnect, verify found differing blocks (without --resync), --timeout ran out
+  2  usage error: unknown command or option, missing or extra argument
+  3  the node's API cannot be reached: nothing listens, no route, no answer in time,
+     or something that is not the Tandem API answered`;
+
+interface VerifyResult {
+  checkedBytes: number;
+  differingBytes: number;
+  differing: Array<{ offset: number; length: number }>;
+  resentBytes: number;
 }
 
-function call(api: string, method: string, path: string, body?: unknown): Promise<unknown> {
-  const at = parseHostPort(api);
-  if (typeof at === 'string') throw new UsageError(`--api: ${at}`);
-  const data = body === undefined ? undefined : JSON.stringify(body);
-  return new Promise((resolve, reject) => {
-    const req = http.request({ host: at.host, port: at.port, method, path, headers: data === undefined ? {} : { 'content-type': 'application/json' } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => {
-        let v: unknown;
-        try {
-          v = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-        } catch {
-          reject(new ApiCallError('ERR_API', `${api} answered with something that is not JSON`));
-          return;
-        }
-        const err = (v as { error?: { code: string; message: string } }).error;
-        if ((res.statusCode ?? 500) >= 400 && err !== undefined) reject(new ApiCallError(err.code, err.message));
-        else resolve(v);
-      });
-    });
-    req.on('error', (e) => reject(new ApiCallError('ERR_API', `cannot reach ${api}: ${e.message}`)));
-    req.end(data);
-  });
+const VOLUME_COMMANDS = ['verify', 'resolve', 'promote', 'demote', 'connect', 'disconnect', 'wait-sync'];
+
+/** the options each command takes beside --api and --help: any other is a usage error, not silently ignored */
+const COMMAND_OPTIONS: Record<string, readonly string[]> = {
+  status: ['json', 'timeout'],
+  'wait-sync': ['timeout'],
+  verify: ['resync', 'wait', 'timeout', 'json'],
+  resolve: ['discard', 'json', 'timeout'],
+  promote: ['force', 'json', 'timeout'],
+  demote: ['json', 'timeout'],
+  connect: ['json', 'timeout'],
+  disconnect: ['json', 'timeout'],
+  swap: ['json', 'timeout'],
+  pool: ['node', 'json', 'timeout'],
+  maintenance: ['json', 'timeout'],
+  activity: ['pool', 'level', 'lines', 'json', 'timeout'],
+};
+
+const LEVELS = ['info', 'warn', 'error'];
+
+type ActivityEntry = NonNullable<NodeStatus['clusterState']>['activity'][number];
+
+function activityLine(e: ActivityEntry, p: Painter): string {
+  const at = e.at.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
+  const level = p.paint(e.level.padEnd(5), e.level === 'error' ? 'bad' : e.level === 'warn' ? 'warn' : null);
+  return `${at}  ${level}  ${e.event.padEnd(16)}  ${e.message}`;
 }
 
-function formatStatus(s: NodeStatus): string {
-  const lines = [`node ${s.node}   peer ${s.peer.name}: ${s.peer.connected ? 'connected' : 'not connected'}`, ''];
-  lines.push(['VOLUME', 'STATE', 'ROLE', 'DISK', 'PEER DISK', 'LINK', 'OUT OF SYNC'].map((h, i) => h.padEnd([12, 12, 10, 13, 13, 12, 0][i] as number)).join(''));
-  for (const v of s.volumes) {
-    lines.push([v.name, v.state, v.role, v.diskState, v.peerDiskState ?? '-', v.connection, formatSize(v.outOfSyncBytes)]
-      .map((c, i) => c.padEnd([12, 12, 10, 13, 13, 12, 0][i] as number)).join(''));
-    if (v.resync !== null) {
-      const r = v.resync;
-      const pct = r.totalBytes === 0 ? 100 : Math.floor((r.doneBytes / r.totalBytes) * 100);
-      lines.push(`  resync ${r.direction}: ${pct}% (${formatSize(r.doneBytes)} of ${formatSize(r.totalBytes)}), ${formatSize(r.rateBytesPerSecond)}/s, eta ${r.etaSeconds ?? '?'} s`);
-    }
-    if (v.splitBrain !== null) lines.push(`  split brain: ${v.splitBrain.reason}`);
-    if (v.suspended !== null) lines.push(`  writes suspended: ${v.suspended}`);
-    if (v.error !== null) lines.push(`  error: ${v.error}`);
+function outcomeCode(r: WaitOutcome): number {
+  if (r.kind === 'in-sync') return exitCodes.ok;
+  process.stderr.write(`tandem: ${r.kind === 'unreachable' ? 'unreachable' : 'error'}: ${r.message}\n`);
+  return r.kind === 'unreachable' ? exitCodes.unreachable : exitCodes.failed;
+}
+
+/** While a verify runs the API says nothing: a terminal gets the elapsed time so it does not look hung. */
+async function withElapsed<T>(label: string, show: boolean, run: Promise<T>): Promise<T> {
+  if (!show) return run;
+  const started = Date.now();
+  const tick = (): void => { process.stdout.write(`\r${label} ${formatElapsed(Date.now() - started)}\x1b[K`); };
+  tick();
+  const timer = setInterval(tick, 1000);
+  try {
+    return await run;
+  } finally {
+    clearInterval(timer);
+    process.stdout.write('\r\x1b[K');
   }
-  const c = s.clusterState;
-  if (c !== undefined) {
-    lines.push('', `fencing ${c.policy}${c.maintenance ? '   MAINTENANCE: nothing moves automatically' : ''}   peer ${c.peer.up ? 'up' : 'DOWN'}, heartbeat links ${c.peer.links.up}/${c.peer.links.total}`);
-    lines.push(['POOL', 'OWNER', 'TERM', 'PHASE', ''].map((h, i) => h.padEnd([12, 12, 6, 14, 0][i] as number)).join(''));
-    for (const p of c.pools) {
-      lines.push([p.name, p.owner, String(p.term), p.phase, p.reason ?? ''].map((x, i) => x.padEnd([12, 12, 6, 14, 0][i] as number)).join(''));
-      if ((p.floatingIps ?? []).length > 0) lines.push(`  floating IPs: ${(p.floatingIps ?? []).join(', ')}`);
-      if ((p.exports ?? []).length > 0) lines.push(`  exports: ${(p.exports ?? []).join(', ')}`);
-    }
+}
+
+async function verify(api: ApiAddress, volume: string, o: { resync: boolean; wait: boolean; timeoutMs: number | null; json: boolean }): Promise<number> {
+  // with --json, stdout carries the JSON only: progress goes to stderr
+  const progress = o.json ? process.stderr : process.stdout;
+  if (o.wait) {
+    const r = await waitForSync({ api, volume, timeoutMs: o.timeoutMs, out: progress, painter: painter(wantsColor(progress)) });
+    if (r.kind !== 'in-sync') return outcomeCode(r);
   }
-  return lines.join('\n') + '\n';
+  const node = (await readStatus(api)).node;
+  if (!o.json && !process.stdout.isTTY) process.stdout.write(`verifying ${volume} on ${node}${o.resync ? ', resending what differs' : ''}\n`);
+  const call = callApi(api, 'POST', `/api/v1/volumes/${encodeURIComponent(volume)}/verify`, { body: { resync: o.resync } });
+  const answer = await withElapsed(`verifying ${volume} on ${node}:`, !o.json && process.stdout.isTTY === true, call);
+  const r = answer.value as VerifyResult;
+  const differs = r.differingBytes > 0 && !o.resync;
+  if (o.json) {
+    process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+  } else {
+    const p = painter(wantsColor(process.stdout));
+    const lines = [`${volume}: checked ${formatSize(r.checkedBytes)}: ${r.differingBytes === 0 ? p.paint('the copies are identical', 'good') : p.paint(`${formatSize(r.differingBytes)} differ`, 'bad')}`];
+    for (const d of r.differing.slice(0, 20)) lines.push(`  offset ${d.offset} length ${d.length}`);
+    if (r.differing.length > 20) lines.push(`  … and ${r.differing.length - 20} more ranges`);
+    if (o.resync) lines.push(`resent ${formatSize(r.resentBytes)} from ${node}: the peer now holds ${node}'s version`);
+    else if (differs) lines.push(`to make the peer a copy of ${node}'s version: tandem verify ${volume} --resync --api ${api.text}`);
+    process.stdout.write(lines.join('\n') + '\n');
+  }
+  return differs ? exitCodes.failed : exitCodes.ok;
 }
 
 export async function runAdmin(command: string, args: string[]): Promise<number> {
   let parsed;
   try {
     parsed = parseArgs({
-      args, strict: true, allowPositionals: true, options: {
+      args, strict: true, allowPositionals: true, tokens: true, options: {
         api: { type: 'string', default: process.env.TANDEM_API ?? '127.0.0.1:7780' },
         json: { type: 'boolean', default: false },
         resync: { type: 'boolean', default: false },
         force: { type: 'boolean', default: false },
+        wait: { type: 'boolean', default: false },
+        timeout: { type: 'string' },
         discard: { type: 'string' },
         node: { type: 'string' },
+        pool: { type: 'string' },
+        level: { type: 'string' },
+        lines: { type: 'string', short: 'n' },
+        help: { type: 'boolean', short: 'h', default: false },
       },
     });
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
-  const { values, positionals } = parsed;
+  const { values, positionals, tokens } = parsed;
+  if (values.help) {
+    process.stdout.write(adminUsage + '\n');
+    return exitCodes.ok;
+  }
+  const allowed = COMMAND_OPTIONS[command] ?? [];
+  for (const t of tokens) {
+    if (t.kind === 'option' && t.name !== 'api' && !allowed.includes(t.name)) throw new UsageError(`${command} does not take --${t.name}`);
+  }
+  const api = parseApi(values.api);
+  const timeoutMs = values.timeout === undefined ? null : parseDuration(values.timeout, '--timeout');
   const out = (v: unknown, text: string): void => { process.stdout.write(values.json ? JSON.stringify(v, null, 2) + '\n' : text); };
+  const message = (v: unknown): string => `${(v as { message?: unknown }).message ?? 'done'}\n`;
+
   if (command === 'status') {
-    if (positionals.length > 0) throw new UsageError('status takes no volume name');
-    const s = await call(values.api, 'GET', '/api/v1/status');
-    out(s, formatStatus(s as NodeStatus));
-    return 0;
+    if (positionals.length > 0) throw new UsageError('status takes no arguments');
+    const answer = await callApi(api, 'GET', '/api/v1/status', { timeoutMs: timeoutMs ?? 10_000 });
+    const s = answer.value as Partial<NodeStatus> | null;
+    if (s === null || typeof s !== 'object' || typeof s.node !== 'string' || !Array.isArray(s.volumes) || typeof s.peer !== 'object') {
+      throw new ApiUnreachableError(`${api.text} answered, but not with a Tandem node's status`);
+    }
+    process.stdout.write(values.json ? answer.text : formatStatus(s as NodeStatus, api.text, painter(wantsColor(process.stdout))));
+    return exitCodes.ok;
+  }
+  if (command === 'activity') {
+    if (positionals.length > 0) throw new UsageError('activity takes no arguments (--pool POOL picks one pool)');
+    const level = values.level ?? 'info';
+    if (!LEVELS.includes(level)) throw new UsageError(`--level: ${JSON.stringify(level)} is not one of ${LEVELS.join(', ')}`);
+    const lines = values.lines === undefined ? 30 : Number(values.lines);
+    if (!Number.isInteger(lines) || lines < 0) throw new UsageError(`-n: ${JSON.stringify(values.lines)} is not a number of lines`);
+    const s = await readStatus(api, timeoutMs ?? 10_000);
+    const pool = values.pool;
+    if (pool !== undefined && s.clusterState !== undefined && !s.clusterState.pools.some((x) => x.name === pool)) {
+      throw new ApiCallError('ERR_UNKNOWN_POOL', `no pool named ${JSON.stringify(pool)} on ${s.node} (it has ${s.clusterState.pools.map((x) => x.name).join(', ')})`);
+    }
+    // pool steps carry the pool; the cluster's decisions name it in the message
+    const named = pool === undefined ? null : new RegExp(`(^|\\s)pool ${pool.replace(/[.]/g, '\\.')}(?=[\\s:,;)]|$)`);
+    const about = (e: ActivityEntry): boolean => named === null || e.pool === pool || named.test(e.message);
+    const picked = (s.clusterState?.activity ?? []).filter((e) => LEVELS.indexOf(e.level) >= LEVELS.indexOf(level) && about(e));
+    const shown = lines === 0 ? picked : picked.slice(-lines);
+    if (values.json) {
+      process.stdout.write(JSON.stringify(shown, null, 2) + '\n');
+    } else {
+      const p = painter(wantsColor(process.stdout));
+      const head = `activity log of ${s.node}${pool === undefined ? '' : `, pool ${pool}`}${level === 'info' ? '' : `, ${level} and worse`}: ${shown.length} of ${picked.length} entries, oldest first`;
+      process.stdout.write([head, ...shown.map((e) => activityLine(e, p))].join('\n') + '\n');
+    }
+    return exitCodes.ok;
   }
   if (command === 'maintenance') {
     if (positionals.length !== 1 || (positionals[0] !== 'on' && positionals[0] !== 'off')) throw new UsageError('maintenance takes on or off');
-    out(await call(values.api, 'POST', '/api/v1/maintenance', { on: positionals[0] === 'on' }), `maintenance ${positionals[0]}\n`);
-    return 0;
+    const r = await callApi(api, 'POST', '/api/v1/maintenance', { body: { on: positionals[0] === 'on' }, ...(timeoutMs === null ? {} : { timeoutMs }) });
+    out(r.value, `maintenance ${positionals[0]}: ${message(r.value)}`);
+    return exitCodes.ok;
   }
   if (command === 'pool') {
-    // tandem pool move POOL --node NODE
-    if (positionals[0] !== 'move' || positionals.length !== 2 || values.node === undefined) throw new UsageError('pool move needs POOL and --node NODE');
-    const r = await call(values.api, 'POST', `/api/v1/pools/${encodeURIComponent(positionals[1] as string)}/move`, { node: values.node }) as { message: string };
-    out(r, `${r.message}\n`);
-    return 0;
+    if (positionals[0] !== 'move') throw new UsageError(positionals[0] === undefined ? 'pool needs a subcommand: move' : `unknown pool subcommand ${JSON.stringify(positionals[0])}`);
+    if (positionals.length !== 2 || values.node === undefined) throw new UsageError('pool move needs POOL and --node NODE');
+    const r = await callApi(api, 'POST', `/api/v1/pools/${encodeURIComponent(positionals[1] as string)}/move`, { body: { node: values.node }, ...(timeoutMs === null ? {} : { timeoutMs }) });
+    out(r.value, message(r.value));
+    return exitCodes.ok;
   }
   if (command === 'swap') {
     if (positionals.length !== 1) throw new UsageError('swap needs exactly one POOL');
-    const r = await call(values.api, 'POST', `/api/v1/pools/${encodeURIComponent(positionals[0] as string)}/swap`, {}) as { message: string };
-    out(r, `${r.message}\n`);
-    return 0;
+    const r = await callApi(api, 'POST', `/api/v1/pools/${encodeURIComponent(positionals[0] as string)}/swap`, { body: {}, ...(timeoutMs === null ? {} : { timeoutMs }) });
+    out(r.value, message(r.value));
+    return exitCodes.ok;
   }
+  if (!VOLUME_COMMANDS.includes(command)) throw new UsageError(`unknown command ${JSON.stringify(command)}`);
   if (positionals.length !== 1) throw new UsageError(`${command} needs exactly one VOLUME`);
-  const path = `/api/v1/volumes/${encodeURIComponent(positionals[0] as string)}/${command}`;
+  const volume = positionals[0] as string;
+  if (command === 'wait-sync') {
+    const r = await waitForSync({ api, volume, timeoutMs, out: process.stdout, painter: painter(wantsColor(process.stdout)) });
+    return outcomeCode(r);
+  }
+  if (command === 'verify') {
+    if (timeoutMs !== null && !values.wait) throw new UsageError('verify: --timeout bounds --wait; give both, or neither');
+    return verify(api, volume, { resync: values.resync, wait: values.wait, timeoutMs, json: values.json });
+  }
+  const path = `/api/v1/volumes/${encodeURIComponent(volume)}/${command}`;
+  const post = (body: unknown): Promise<unknown> => callApi(api, 'POST', path, { body, ...(timeoutMs === null ? {} : { timeoutMs }) }).then((r) => r.value);
   switch (command) {
-    case 'verify': {
-      const r = await call(values.api, 'POST', path, { resync: values.resync }) as { checkedBytes: number; differingBytes: number; differing: Array<{ offset: number; length: number }>; resentBytes: number };
-      out(r, `checked ${formatSize(r.checkedBytes)}: ${r.differingBytes === 0 ? 'the copies are identical' : `${formatSize(r.differingBytes)} differ`}\n` +
-        r.differing.slice(0, 20).map((d) => `  ${d.offset}+${d.length}\n`).join('') + (values.resync ? `resent ${formatSize(r.resentBytes)}\n` : ''));
-      return r.differingBytes > 0 && !values.resync ? 3 : 0;
-    }
     case 'resolve':
       if (values.discard === undefined) throw new UsageError('resolve needs --discard NODE (the node whose changes are thrown away)');
-      out(await call(values.api, 'POST', path, { discard: values.discard }), `${positionals[0]}: changes on ${values.discard} will be discarded; resync starts when the nodes meet\n`);
-      return 0;
+      out(await post({ discard: values.discard }), `${volume}: the changes on ${values.discard} will be discarded; the resync starts when the nodes meet\n`);
+      return exitCodes.ok;
     case 'promote':
-      out(await call(values.api, 'POST', path, { force: values.force }), `${positionals[0]}: PRIMARY\n`);
-      return 0;
-    case 'demote':
-    case 'connect':
-    case 'disconnect':
-      out(await call(values.api, 'POST', path, {}), `${positionals[0]}: ${command} done\n`);
-      return 0;
+      out(await post({ force: values.force }), `${volume}: PRIMARY\n`);
+      return exitCodes.ok;
+    default:
+      out(await post({}), `${volume}: ${command} done\n`);
+      return exitCodes.ok;
   }
-  throw new UsageError(`unknown command ${command}`);
 }
+
+export { ApiCallError, ApiUnreachableError };

@@ -2,10 +2,11 @@
 import os from 'node:os';
 import path from 'node:path';
 import { VolumeError } from '../storage/volume-store';
-import { ApiCallError, adminUsage, runAdmin } from './admin';
+import { adminUsage, runAdmin } from './admin';
+import { ApiCallError, ApiUnreachableError } from './api-client';
 import { ConfigError } from '../node/config';
 import { runDemo } from './demo';
-import { UsageError } from './errors';
+import { UsageError, exitCodes } from './errors';
 import { nodeUsage, runNode } from './node';
 import { parseServeArgs, runServe, serveUsage } from './serve';
 import { runWitness, witnessUsage } from './witness';
@@ -14,18 +15,34 @@ const usage = `usage: tandem COMMAND [OPTIONS]
 
 commands:
   demo      serve a demo volume on this machine and print what to try next
-  node      run a node: tandem node start --config FILE
-  status    show a node's volumes: state, role, disk states, resync progress
-  verify    compare a volume's two copies block by block (--resync repairs)
+  node      run a node: tandem node start --config FILE (tandem node check: the file only)
+  status    a node's view: nodes and links, pools, volumes and resync progress (--json: as sent)
+  wait-sync VOLUME   wait until a volume's two copies are in sync, with progress
+  verify    compare a volume's two copies block by block (--resync repairs, --wait waits for sync first)
   resolve   after a split brain, discard one node's changes
   promote, demote, connect, disconnect   per-volume operator commands
   swap      hand a pool over to the peer (planned switchover)
   pool move POOL --node NODE   migrate a pool to a node
   maintenance on|off   nothing moves automatically while on
+  activity  a node's activity log: cluster decisions, pool steps with outcome and duration
   serve     serve volumes over NBD without a cluster (tandem serve --help)
   witness   run the tiebreaker of two-node clusters (tandem witness --help)
   version   print the version
-  help      this text`;
+  help      this text
+The commands that ask a node take --api HOST:PORT (default $TANDEM_API, then
+127.0.0.1:7780); tandem status --help lists their options.
+
+exit status:
+  0  done
+  1  refused or failed: the node answered with an error, a volume is in split
+     brain or will not reconnect, verify found differences, --timeout ran out;
+     a node or witness that cannot start (a bad configuration, an address in use)
+  2  usage error: unknown command or option, missing or extra argument
+  3  the node's API cannot be reached (nothing listens, no route, no answer in
+     time, or something that is not the Tandem API answered)
+  70 an internal error: a bug, with its stack trace on stderr`;
+
+const ADMIN_COMMANDS = ['status', 'wait-sync', 'verify', 'resolve', 'promote', 'swap', 'pool', 'maintenance', 'demote', 'connect', 'disconnect', 'activity'];
 
 function version(): string {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -33,7 +50,19 @@ function version(): string {
   return pkg.version;
 }
 
+/** `tandem status | head -3` closes the pipe early: that is the reader's choice, not an error of ours */
+function quietOnClosedPipe(): void {
+  for (const stream of [process.stdout, process.stderr]) {
+    if (stream.listenerCount('error') > 0) continue;
+    stream.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code === 'EPIPE') process.exit(exitCodes.ok);
+      throw e;
+    });
+  }
+}
+
 export async function main(argv: string[]): Promise<number> {
+  quietOnClosedPipe();
   const [command, ...rest] = argv;
   try {
     switch (command) {
@@ -46,6 +75,7 @@ export async function main(argv: string[]): Promise<number> {
         if (rest.includes('--help') || rest.includes('-h')) { process.stdout.write(witnessUsage + '\n'); return 0; }
         return await runWitness(rest);
       case 'status':
+      case 'wait-sync':
       case 'verify':
       case 'resolve':
       case 'promote':
@@ -55,39 +85,44 @@ export async function main(argv: string[]): Promise<number> {
       case 'demote':
       case 'connect':
       case 'disconnect':
+      case 'activity':
         return await runAdmin(command, rest);
       case 'demo':
         return await runDemo(rest, path.join(os.tmpdir(), 'tandem-demo'));
       case 'version':
       case '--version':
         process.stdout.write(`tandem ${version()}\n`);
-        return 0;
+        return exitCodes.ok;
       case undefined:
       case 'help':
       case '--help':
       case '-h':
         process.stdout.write(usage + '\n');
-        return 0;
+        return exitCodes.ok;
       default:
         throw new UsageError(`unknown command ${JSON.stringify(command)}`);
     }
   } catch (e) {
     if (e instanceof UsageError) {
       const help = command === 'serve' ? serveUsage : command === 'node' ? nodeUsage : command === 'witness' ? witnessUsage
-        : ['status', 'verify', 'resolve', 'promote', 'demote', 'connect', 'disconnect', 'swap', 'pool', 'maintenance'].includes(command ?? '') ? adminUsage : usage;
+        : ADMIN_COMMANDS.includes(command ?? '') ? adminUsage : usage;
       process.stderr.write(`tandem: ${e.message}\n${help}\n`);
-      return 2;
+      return exitCodes.usage;
+    }
+    if (e instanceof ApiUnreachableError) {
+      process.stderr.write(`tandem: unreachable: ${e.message}\n`);
+      return exitCodes.unreachable;
+    }
+    if (e instanceof ApiCallError) {
+      process.stderr.write(`tandem: error: ${e.message} (${e.code})\n`);
+      return exitCodes.failed;
     }
     // operating errors (a refused volume, an address that cannot be bound, a file
     // that cannot be written) are reported plainly; anything else is a bug and crashes
     const code = (e as NodeJS.ErrnoException).code;
-    if (e instanceof ApiCallError || e instanceof ConfigError) {
-      process.stderr.write(`tandem: error: ${e.message}\n`);
-      return 1;
-    }
-    if (e instanceof VolumeError || (typeof code === 'string' && /^E[A-Z]+$/.test(code))) {
+    if (e instanceof ConfigError || e instanceof VolumeError || (typeof code === 'string' && /^E[A-Z]+$/.test(code))) {
       process.stderr.write(`tandem: error: ${(e as Error).message}\n`);
-      return 1;
+      return exitCodes.failed;
     }
     throw e;
   }

@@ -1,27 +1,82 @@
 // `tandem node start --config FILE`: run a node in the foreground until SIGTERM or SIGINT.
+// `tandem node check --config FILE`: what start would refuse, found before a restart.
 import fs from 'node:fs';
+import os from 'node:os';
 import { parseArgs } from 'node:util';
-import { parseNodeConfig } from '../node/config';
+import { parseNodeConfig, type NodeConfig } from '../node/config';
 import { NodeDaemon } from '../node/daemon';
 import { createLogger } from '../util/log';
-import { UsageError } from './errors';
+import { UsageError, exitCodes } from './errors';
 import { untilStopSignal } from './signals';
 
 export const nodeUsage = `usage: tandem node start --config FILE [--debug]
+       tandem node check --config FILE
 
-Runs this node in the foreground: opens (or creates) its copy of each volume,
-keeps the sync link to the peer, exports the volumes it is primary for over
-NBD and serves the API. Prints "node NAME ready" once the API answers.
-SIGTERM or SIGINT stops it cleanly. The file format is in docs/mirroring.md.`;
+start: runs this node in the foreground: opens (or creates) its copy of each
+volume, keeps the sync link to the peer, serves the pools it owns and the API.
+Prints "node NAME ready" once the API answers. SIGTERM or SIGINT stops it
+cleanly: it releases its pools first. The file format is in docs/mirroring.md,
+docs/cluster.md and docs/pools.md; examples in deploy/examples/.
+
+check: parses the file as start would, checks that the addresses this node
+listens on belong to this host and that the fence command can be run, and
+prints a summary. Exit 0 when start would accept it, 1 when not.`;
+
+/** The addresses of this host's interfaces, and the wildcards that are always bindable. */
+function localAddresses(): Set<string> {
+  const out = new Set(['0.0.0.0', '::']);
+  for (const list of Object.values(os.networkInterfaces())) for (const a of list ?? []) out.add(a.address);
+  return out;
+}
+
+/** What `node start` would trip over on this host that the parser cannot see. */
+export function hostProblems(cfg: NodeConfig, local: Set<string> = localAddresses()): string[] {
+  const problems: string[] = [];
+  const listens: Array<[string, string]> = [
+    ['node.syncListen', cfg.node.syncListen.host], ['node.apiListen', cfg.node.apiListen.host],
+    ...cfg.heartbeat.links.map((l, i): [string, string] => [`heartbeat.links[${i}].listen`, l.listen.host]),
+  ];
+  // node.nbdListen is bound only by pools without floating IPs
+  if (cfg.pools.some((p) => p.floatingIps.length === 0 && p.nbdListen === null)) listens.push(['node.nbdListen', cfg.node.nbdListen.host]);
+  for (const p of cfg.pools) if (p.floatingIps.length === 0 && p.nbdListen !== null) listens.push([`pools[${p.name}].nbdListen`, p.nbdListen.host]);
+  for (const [key, host] of listens) {
+    // the whole of 127.0.0.0/8 is local on Linux, though only 127.0.0.1 is listed on lo
+    if (!local.has(host) && !host.startsWith('127.')) {
+      problems.push(`${key}: ${host} is not an address of this host (is this the other node's file?)`);
+    }
+  }
+  const fence = cfg.fencing.command?.[0];
+  if (fence !== undefined) {
+    try {
+      fs.accessSync(fence, fs.constants.X_OK);
+    } catch {
+      problems.push(`fencing.command: ${fence} is not an executable file here (fence-agents installed?)`);
+    }
+  }
+  return problems;
+}
+
+function summary(cfg: NodeConfig): string {
+  const f = cfg.fencing;
+  const fencing = f.policy === 'witness' && f.witness !== null ? `witness at ${f.witness.host}:${f.witness.port}`
+    : f.policy === 'fence' && f.command !== null ? `fence with ${f.command[0] as string}` : f.policy;
+  const at = (a: { host: string; port: number }): string => `${a.host}:${a.port}`;
+  return [
+    `node ${cfg.node.name} of cluster ${cfg.cluster.name}, peer ${cfg.peer.name} at ${at(cfg.peer.syncAddress)}`,
+    `  API ${at(cfg.node.apiListen)}, sync ${at(cfg.node.syncListen)}, ${cfg.heartbeat.links.length} heartbeat link(s), fencing: ${fencing}`,
+    `  data in ${cfg.node.dataDir}`,
+    ...cfg.pools.map((p) => `  pool ${p.name} (prefers ${p.preferredNode}): ${p.volumes.join(', ')}${p.floatingIps.length === 0 ? '' : ` on ${p.floatingIps.map((ip) => `${ip.address}/${ip.prefix}`).join(', ')}`}`),
+  ].join('\n');
+}
 
 export async function runNode(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
   if (sub === '--help' || sub === '-h' || sub === undefined) {
-    if (sub === undefined) throw new UsageError('node needs a subcommand (start)');
+    if (sub === undefined) throw new UsageError('node needs a subcommand (start, check)');
     process.stdout.write(nodeUsage + '\n');
-    return 0;
+    return exitCodes.ok;
   }
-  if (sub !== 'start') throw new UsageError(`unknown node subcommand ${JSON.stringify(sub)}`);
+  if (sub !== 'start' && sub !== 'check') throw new UsageError(`unknown node subcommand ${JSON.stringify(sub)}`);
   let values;
   try {
     ({ values } = parseArgs({ args: rest, strict: true, options: { config: { type: 'string' }, debug: { type: 'boolean', default: false } } }));
@@ -31,6 +86,16 @@ export async function runNode(args: string[]): Promise<number> {
   if (values.config === undefined) throw new UsageError('--config is required');
   const text = fs.readFileSync(values.config, 'utf8');
   const cfg = parseNodeConfig(text);
+  if (sub === 'check') {
+    const problems = hostProblems(cfg);
+    process.stdout.write(`${summary(cfg)}\n`);
+    if (problems.length > 0) {
+      process.stderr.write(problems.map((p) => `tandem: error: ${p}\n`).join(''));
+      return exitCodes.failed;
+    }
+    process.stdout.write(`${values.config}: ok\n`);
+    return exitCodes.ok;
+  }
   const log = createLogger(`node ${cfg.node.name}`, undefined, values.debug);
   const daemon = new NodeDaemon(cfg, log);
   await daemon.start();
@@ -38,5 +103,5 @@ export async function runNode(args: string[]): Promise<number> {
   log.info('stopping', { signal: await untilStopSignal() });
   await daemon.stop();
   log.info('stopped');
-  return 0;
+  return exitCodes.ok;
 }
