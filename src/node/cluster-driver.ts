@@ -354,13 +354,14 @@ export class ClusterDriver {
   }
 
   /**
-   * An address still answering usually clears by itself: the old owner's
-   * daemon restarts and removes what its crash left, a suspended owner lets go once it runs again.
+   * An address still answering, or the peer's copy still primary, usually clears by itself: the old
+   * owner's daemon restarts and removes what its crash left, a suspended owner lets go once it runs
+   * again, a demotion reaches this node with the next meeting.
    * Retried with a growing pause while this node still owns the pool INACTIVE; anything else waits
    * for an operator.
    */
   private scheduleRetry(pool: string, error: string): void {
-    if (!/is in use on the network already/.test(error) || this.stopped) return;
+    if (!/is in use on the network already|is primary on \S+: demote it there first/.test(error) || this.stopped) return;
     const attempt = (this.retries.get(pool) ?? 0) + 1;
     this.retries.set(pool, attempt);
     const ms = Math.min(clusterLimits.activateRetryMaxMs, clusterLimits.activateRetryFirstMs * 2 ** (attempt - 1));

@@ -167,6 +167,8 @@ export class Replica {
   /** met the peer as a sync target; its RESYNC_START has not come yet */
   private awaitingResync = false;
   private closed = false;
+  /** the last meeting was refused because both sides were (or claimed) primary: a demotion here meets again */
+  private roleConflict = false;
   /** client writes acknowledged since the last 'accepted client writes' line: first and last ack (ms since the epoch) */
   private ackRun: { from: number; until: number; writes: number } | undefined;
   readonly counters: VolumeCounters = { writes: 0, writeBytes: 0, peerWriteBytes: 0, peerZeroBytes: 0, resyncBytes: 0, resyncZeroBytes: 0, resyncSkippedBytes: 0 };
@@ -690,6 +692,7 @@ export class Replica {
         return;
       case SyncMessageType.VOLUME_REFUSED:
         this.log.warn('the peer refused this volume', { volume: this.name, code: m.code, reason: m.reason });
+        if (m.code === SyncVolumeRefusal.BOTH_PRIMARY || m.code === SyncVolumeRefusal.PEER_NEWER) this.roleConflict = true;
         this.error = `peer: ${m.reason}`;
         this.runControl(async () => this.stopMirroring('standalone'));
         return;
@@ -753,6 +756,16 @@ export class Replica {
     this.stopMirroring('standalone');
   }
 
+  /**
+   * A meeting refused for the roles, not the data: the old primary came back (paused, cut off) before
+   * the cluster demoted it. Not a split brain: whichever side is demoted meets again at once, and the
+   * generations then decide as always (a real split brain is still found there).
+   */
+  private refuseRoles(code: number, reason: string): void {
+    this.roleConflict = true;
+    this.refuse(code, reason);
+  }
+
   private stopMirroring(connection: Connection): void {
     this.mirroring = false;
     this.connection = connection;
@@ -776,7 +789,7 @@ export class Replica {
       return;
     }
     if (peer.primary && this.roleNow === 'PRIMARY') {
-      this.refuse(SyncVolumeRefusal.BOTH_PRIMARY, `volume ${this.name} is primary on both ${this.o.nodeName} and ${this.o.peerName}: demote one`, true);
+      this.refuseRoles(SyncVolumeRefusal.BOTH_PRIMARY, `volume ${this.name} is primary on both ${this.o.nodeName} and ${this.o.peerName}: demote one`);
       return;
     }
     let decision: SyncDecision = decideSync(this.localSide(), peer.side);
@@ -809,7 +822,7 @@ export class Replica {
     if (decision.kind !== 'source') return;
     if (decision.direction === 'peer-to-local') {
       if (this.roleNow === 'PRIMARY') {
-        this.refuse(SyncVolumeRefusal.PEER_NEWER, `${this.o.peerName} holds newer data for ${this.name} (${decision.reason}): demote this node to resync from it`, true);
+        this.refuseRoles(SyncVolumeRefusal.PEER_NEWER, `${this.o.peerName} holds newer data for ${this.name} (${decision.reason}): demote this node to resync from it`);
         return;
       }
       // wait for the peer's RESYNC_START
@@ -818,7 +831,7 @@ export class Replica {
       return;
     }
     if (peer.primary) {
-      this.refuse(SyncVolumeRefusal.PEER_NEWER, `this node holds newer data for ${this.name} but ${this.o.peerName} is primary: demote it to resync`, true);
+      this.refuseRoles(SyncVolumeRefusal.PEER_NEWER, `this node holds newer data for ${this.name} but ${this.o.peerName} is primary: demote it to resync`);
       return;
     }
     await this.startAsSource(decision.mode, peer);
@@ -834,6 +847,7 @@ export class Replica {
 
   private connected(): void {
     this.connection = 'connected';
+    this.roleConflict = false;
     this.mirroring = this.roleNow === 'PRIMARY';
     this.reopenGateIfWaiting();
   }
@@ -1220,7 +1234,12 @@ export class Replica {
     } finally {
       reopen();
     }
-    if (this.connection === 'connected') this.connect();
+    // after a meeting refused for the roles, this demotion is what it waited for
+    if (this.connection === 'connected' || this.roleConflict) {
+      if (this.roleConflict) this.log.info('meeting the peer again: the role conflict is gone', { volume: this.name });
+      this.roleConflict = false;
+      this.connect();
+    }
   }
 
   // ------------------------------------------------------------------ housekeeping

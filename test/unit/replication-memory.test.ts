@@ -272,7 +272,7 @@ test('peer lost during a write burst: every write settles, the bitmap covers the
 // ---------------------------------------------------------------- 4. split brain
 
 const splitBrainCases = [
-  // both primary at the meeting: refused as such
+  // both primary at the meeting: refused for the roles; beta's demotion meets again and the generations find the split brain
   { demoteBeforeMeeting: false, via: 'the same link' },
   { demoteBeforeMeeting: false, via: 'a new link' },
   // beta demoted before the meeting: the generations tell that both changed (decideSync), policy "disconnect"
@@ -307,6 +307,13 @@ for (const { demoteBeforeMeeting, via } of splitBrainCases) {
     if (demoteBeforeMeeting) await b.replica.demote();
 
     const link2 = await connect(a, b);
+    if (!demoteBeforeMeeting) {
+      // both primary is a conflict of roles, not yet a verdict on the data: refused, then judged once one side is demoted
+      await waitFor(() => a.replica.status().connection === 'standalone' && b.replica.status().connection === 'standalone', 'both refused the meeting', 5000, () => states(p));
+      assert.equal(a.replica.status().splitBrain, null);
+      assert.match(`${a.replica.status().error ?? ''} ${b.replica.status().error ?? ''}`, /primary on both/);
+      await b.replica.demote();
+    }
     await waitFor(() => a.replica.state === 'SPLIT-BRAIN' && b.replica.state === 'SPLIT-BRAIN', 'both SPLIT-BRAIN', 5000, () => states(p));
     assert.equal(a.replica.status().connection, 'standalone');
     assert.equal(b.replica.status().connection, 'standalone');
