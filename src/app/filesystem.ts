@@ -169,6 +169,12 @@ export class PoolFilesystem {
    */
   async unmount(): Promise<void> {
     const mp = this.d.cfg.mountpoint;
+    // written out first: if another mount namespace holds a copy of this mount (ip netns exec,
+    // unshare -m), umount here only detaches it and would flush nothing before the disk goes
+    if (isMounted(mp)) {
+      const s = await sh('sync', ['-f', mp], filesystemLimits.mountMs);
+      if (s.code !== 0) this.d.log.warn('syncing the filesystem before release failed', { pool: this.d.pool, output: s.output.trim() });
+    }
     const deadline = Date.now() + filesystemLimits.umountBusyMs;
     let killed = false;
     while (isMounted(mp)) {
@@ -194,7 +200,10 @@ export class PoolFilesystem {
     const r = await sh('losetup', ['-j', this.image], 10_000);
     for (const line of r.output.split('\n')) {
       const dev = /^(\/dev\/loop\d+):/.exec(line)?.[1];
-      if (dev !== undefined) await sh('losetup', ['-d', dev], 10_000);
+      if (dev === undefined) continue;
+      // still attached after umount: the filesystem is mounted in another mount namespace too
+      this.d.log.warn('the loop device outlived the umount: the filesystem is still mounted in another mount namespace (it was synced first)', { pool: this.d.pool, device: dev });
+      await sh('losetup', ['-d', dev], 10_000);
     }
   }
 

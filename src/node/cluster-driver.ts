@@ -231,6 +231,8 @@ export class ClusterDriver {
   alonePolicy(): AlonePolicy {
     return {
       decide: (volume) => new Promise<boolean>((resolve) => {
+        // a stopped machine answers nothing: the write fails rather than wait for ever
+        if (this.stopped) { resolve(false); return; }
         const id = this.nextId++;
         this.aloneWaiters.set(id, resolve);
         this.dispatch({ type: 'alone-request', now: monotonicMs(), volume, id });

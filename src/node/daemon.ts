@@ -344,11 +344,13 @@ export class NodeDaemon {
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
-    if (this.ticker !== undefined) clearInterval(this.ticker);
     if (this.dialTimer !== undefined) clearTimeout(this.dialTimer);
-    await this.cluster.stop();
-    // clients and addresses go before the volumes close
+    // the pools go first, while the heartbeats still say this node is alive: the peer must not take
+    // them over (probe the addresses, fence this node) while they are being released, and the
+    // cluster must still answer the writes a release makes (a checkpoint, a filesystem's last commit)
     await this.pools.releaseAll();
+    await this.cluster.stop();
+    if (this.ticker !== undefined) clearInterval(this.ticker);
     await this.exports.stopAll();
     this.floatingIps.close();
     for (const r of this.replicas.values()) {

@@ -789,7 +789,11 @@ export class Replica {
       return;
     }
     if (peer.primary && this.roleNow === 'PRIMARY') {
-      this.refuseRoles(SyncVolumeRefusal.BOTH_PRIMARY, `volume ${this.name} is primary on both ${this.o.nodeName} and ${this.o.peerName}: demote one`);
+      // both changed the data: a split brain, said at once; otherwise only the roles are in conflict
+      const kind = decideSync(this.localSide(), peer.side).kind;
+      const reason = `volume ${this.name} is primary on both ${this.o.nodeName} and ${this.o.peerName}: demote one`;
+      if (kind === 'split-brain' || kind === 'unrelated') this.refuse(SyncVolumeRefusal.SPLIT_BRAIN, `${reason} (both changed the data)`, true);
+      else this.refuseRoles(SyncVolumeRefusal.BOTH_PRIMARY, reason);
       return;
     }
     let decision: SyncDecision = decideSync(this.localSide(), peer.side);
