@@ -8,16 +8,20 @@
 // the first of the pair swapping every round; each value is the median of
 // --repeat rounds. Each round then runs the mirrored jobs (mirrored and single
 // taking turns the same way; a single-node value the round already measured in
-// the first section is used again) and the resync measurements. Prints a table
-// of ratios against targets per section and, with --json, writes every sample.
+// the first section is used again), the resync measurements and pgbench
+// (PostgreSQL on a pool's filesystem against a local directory, taking turns;
+// bench/pgbench.ts). Prints a table of ratios against targets per section and,
+// with --json, writes every sample.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { postgresBinDir as pgBinDir } from '../src/app/postgresql';
 import { formatSize, parseSize } from '../src/util/size';
 import { fillFile, jobs, type BenchConfig, type Job } from './jobs';
 import { failoverId, measureFailover } from './failover';
 import { measureMirrored, measureResync, mirroredFioJobs, mirroredIds, resyncId, type MirroredConfig, type ResyncSample } from './mirrored';
+import { describeResult, measurePgbench, pgbenchId, pgbenchPort, pgbenchRows, pgbenchSides, type PgbenchResult, type PgbenchSide } from './pgbench';
 import { exec, execOk, installExitHandlers, killAllTracked } from './procs';
 import { removeBacking, serverKinds, startServer, type ServerKind } from './servers';
 import { fmtValue, renderTable, type RenderedRow, type TableRow } from './table';
@@ -26,15 +30,20 @@ const groups: Readonly<Record<string, readonly string[]>> = {
   single: jobs.map((j) => j.id),
   mirrored: mirroredIds,
   failover: [failoverId],
+  pgbench: [pgbenchId],
 };
 
 const usage = `usage: node dist/bench/run.js [--size SIZE] [--copy-size SIZE] [--resync-size SIZE] [--runtime S]
                                 [--ramp S] [--repeat N] [--dir DIR] [--json PATH] [--only JOB,...]
                                 [--cpu-prof DIR] [--failover-runs N]
+                                [--pgbench-seconds S] [--pgbench-clients N] [--pgbench-scale N]
   --size         backing file size for the fio jobs, single and mirrored (default 2G)
   --copy-size    nbdcopy source file and export size (default 1G)
   --resync-size  volume size of the resync measurements (default 2G)
   --failover-runs  kill -9 failovers to time (default 10; measured once, not per round)
+  --pgbench-seconds  pgbench -T of each measured run (default 20)
+  --pgbench-clients  pgbench -c (default 4; -j is 2, or 1 for one client)
+  --pgbench-scale    pgbench -i -s (default 10; the volume grows with it)
   --runtime      seconds each fio job is measured (default 8)
   --ramp         fio ramp seconds before measuring (default 1)
   --repeat       rounds; each value is the median (default 3, cut to as many
@@ -46,6 +55,7 @@ const usage = `usage: node dist/bench/run.js [--size SIZE] [--copy-size SIZE] [-
                    single:   ${groups.single?.join(', ')}
                    mirrored: ${groups.mirrored?.join(', ')}
                    failover: ${groups.failover?.join(', ')}
+                   pgbench:  ${groups.pgbench?.join(', ')}
   --cpu-prof     start every tandem node with node --cpu-prof, profiles in DIR`;
 
 const defaultRepeat = 3;
@@ -55,6 +65,7 @@ interface Options {
   size: number; copySize: number; resyncSize: number; runtimeS: number; rampS: number; failoverRuns: number;
   repeat: number; repeatGiven: boolean; dir: string | undefined; json: string | undefined; only: string[] | undefined;
   cpuProf: string | undefined;
+  pgbenchSeconds: number; pgbenchClients: number; pgbenchScale: number;
 }
 
 class UsageError extends Error {}
@@ -83,6 +94,9 @@ function parseOptions(argv: string[]): Options | 'help' {
         'resync-size': { type: 'string', default: '2G' },
         'failover-runs': { type: 'string', default: '10' },
         'cpu-prof': { type: 'string' },
+        'pgbench-seconds': { type: 'string', default: '20' },
+        'pgbench-clients': { type: 'string', default: '4' },
+        'pgbench-scale': { type: 'string', default: '10' },
         runtime: { type: 'string', default: '8' },
         ramp: { type: 'string', default: '1' },
         repeat: { type: 'string' },
@@ -96,7 +110,7 @@ function parseOptions(argv: string[]): Options | 'help' {
     throw new UsageError((e as Error).message);
   }
   if (values.help) return 'help';
-  const known = new Set([...jobs.map((j) => j.id), ...mirroredIds]);
+  const known = new Set([...jobs.map((j) => j.id), ...mirroredIds, pgbenchId]);
   const only = values.only?.split(',').map((s) => s.trim()).filter((s) => s !== '').flatMap((id) => {
     const g = groups[id];
     if (g !== undefined) return g;
@@ -119,6 +133,9 @@ function parseOptions(argv: string[]): Options | 'help' {
     json: values.json,
     only,
     cpuProf: values['cpu-prof'] === undefined ? undefined : path.resolve(values['cpu-prof']),
+    pgbenchSeconds: intArg(values['pgbench-seconds'], '--pgbench-seconds', 1),
+    pgbenchClients: intArg(values['pgbench-clients'], '--pgbench-clients', 1),
+    pgbenchScale: intArg(values['pgbench-scale'], '--pgbench-scale', 1),
   };
 }
 
@@ -141,6 +158,15 @@ async function toolVersion(cmd: string, args: string[]): Promise<string> {
   try {
     const r = await exec(cmd, args, 10_000);
     return (r.stdout + r.stderr).split('\n')[0]?.trim() ?? '';
+  } catch {
+    return 'unavailable';
+  }
+}
+
+/** without PostgreSQL installed, the pgbench job fails on its own and the rest still runs */
+async function pgbenchVersion(): Promise<string> {
+  try {
+    return await toolVersion(path.join(pgBinDir(), 'pgbench'), ['--version']);
   } catch {
     return 'unavailable';
   }
@@ -254,6 +280,8 @@ async function main(argv: string[]): Promise<number> {
   const selectedMirrored = mirroredFioJobs.filter((m) => wanted(m.id));
   const runResync = wanted(resyncId);
   const runFailover = wanted(failoverId);
+  const runPgbench = wanted(pgbenchId);
+  const pgbenchSamples: Record<PgbenchSide, PgbenchResult[]> = { mirrored: [], local: [] };
   let failoverMs: number[] = [];
   const metrics = selected.flatMap((j) => j.metrics);
   const samples: Samples = {};
@@ -271,6 +299,7 @@ async function main(argv: string[]): Promise<number> {
     fio: await toolVersion('fio', ['--version']),
     nbdkit: await toolVersion('nbdkit', ['--version']),
     nbdcopy: await toolVersion('nbdcopy', ['--version']),
+    pgbench: runPgbench ? await pgbenchVersion() : undefined,
   };
   if (opts.cpuProf !== undefined) fs.mkdirSync(opts.cpuProf, { recursive: true });
   let profiles = 0;
@@ -354,6 +383,37 @@ async function main(argv: string[]): Promise<number> {
         }
       }
 
+      if (runPgbench) {
+        const pgCfg = { scale: opts.pgbenchScale, clients: opts.pgbenchClients, seconds: opts.pgbenchSeconds, nodeArgs };
+        const port = await pgbenchPort();
+        const pgOrder = round % 2 === 0 ? pgbenchSides : [...pgbenchSides].reverse();
+        const settings: Partial<Record<PgbenchSide, string>> = {};
+        for (const side of pgOrder) {
+          const js = elapsedMs();
+          try {
+            const r = await measurePgbench(side, pgCfg, work, round, port);
+            pgbenchSamples[side].push(r);
+            settings[side] = r.settings;
+            for (const n of r.notes) log(`${tag()} pgbench  ${side.padEnd(8)} ${n}`);
+            log(`${tag()} pgbench  ${side.padEnd(8)} ${describeResult(r)}  (${((elapsedMs() - js) / 1000).toFixed(1)} s)`);
+            for (const p of r.problems) {
+              failures.push({ round: round + 1, job: pgbenchId, server: side, error: p });
+              log(`${tag()} pgbench  ${side.padEnd(8)} TEARDOWN: ${p}`);
+            }
+          } catch (e) {
+            const error = (e as Error).message;
+            failures.push({ round: round + 1, job: pgbenchId, server: side, error });
+            log(`${tag()} pgbench  ${side.padEnd(8)} FAILED: ${error}`);
+          }
+        }
+        if (round === 0 && settings.local !== undefined) log(`${tag()} pgbench  settings: ${settings.local}`);
+        if (settings.local !== undefined && settings.mirrored !== undefined && settings.local !== settings.mirrored) {
+          const error = `the two servers ran with different settings: local ${settings.local}; mirrored ${settings.mirrored}`;
+          failures.push({ round: round + 1, job: pgbenchId, server: 'both', error });
+          log(`${tag()} pgbench  ${error}`);
+        }
+      }
+
       // failover is measured once, over its own runs, not per round
       if (runFailover && round === 0) {
         try {
@@ -418,6 +478,17 @@ async function main(argv: string[]): Promise<number> {
       + 'reference: cp --sparse=never + sync --data\n'
       + `${t.text}\n`);
   }
+  let pgbenchRendered: RenderedRow[] = [];
+  if (runPgbench) {
+    const t = renderTable({ a: 'mirrored', b: 'local', ratio: 'mirrored/local', spread: 'spread m/l' },
+      pgbenchRows({ scale: opts.pgbenchScale, clients: opts.pgbenchClients }, pgbenchSamples));
+    pgbenchRendered = t.rows;
+    allRendered.push(...t.rows);
+    process.stdout.write(`\npgbench: PostgreSQL's data directory on pool db's ext4 on a mirrored volume (alpha + beta, write-back), `
+      + `clients over the floating IP 127.0.0.30, vs a local directory on the same disk (127.0.0.31); `
+      + `${opts.pgbenchClients} clients, -j ${Math.min(2, opts.pgbenchClients)}, ${opts.pgbenchSeconds} s, scale ${opts.pgbenchScale}; ${versions.pgbench ?? ''}\n`
+      + `${t.text}\n`);
+  }
   let failoverBelow = false;
   if (runFailover && failoverMs.length > 0) {
     const sorted = [...failoverMs].sort((a, b) => a - b);
@@ -444,12 +515,15 @@ async function main(argv: string[]): Promise<number> {
       versions,
       config: {
         size: opts.size, copySize: opts.copySize, resyncSize: opts.resyncSize, runtimeS: opts.runtimeS, rampS: opts.rampS,
-        rounds: roundsDone, loadAverages: loads, jobs: [...selected.map((j) => j.id), ...selectedMirrored.map((m) => m.id), ...(runResync ? [resyncId] : [])],
+        rounds: roundsDone, loadAverages: loads,
+        jobs: [...selected.map((j) => j.id), ...selectedMirrored.map((m) => m.id), ...(runResync ? [resyncId] : []), ...(runPgbench ? [pgbenchId] : [])],
+        pgbench: { seconds: opts.pgbenchSeconds, clients: opts.pgbenchClients, scale: opts.pgbenchScale },
       },
       results: singleRows,
       mirrored: mirroredRows,
       resync: { rows: resyncRendered, samples: resyncSamples },
       failover: { ms: failoverMs },
+      pgbench: { rows: pgbenchRendered, samples: pgbenchSamples },
       failures,
     };
     fs.mkdirSync(path.dirname(path.resolve(opts.json)), { recursive: true });
