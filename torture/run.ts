@@ -15,6 +15,7 @@ import {
 } from './checker';
 import { BLOCK_SIZE, parseRecords, type WriteRecord } from './client';
 import { NBD_PORT, POOL, TortureCluster, VOLUME } from './cluster';
+import { eachLine } from '../test/helpers/files';
 import { Nemesis, type AppliedFault } from './nemesis';
 import { countKinds, formatSchedule, generateSchedule, seconds, type FaultKind, type ScheduleProfile } from './schedule';
 
@@ -70,14 +71,8 @@ class ClientProc {
   private readonly exited: Promise<number | null>;
 
   constructor(private readonly child: ChildProcess, readonly logFile: string, readonly index: number) {
-    let buf = '';
-    child.stdout?.on('data', (d: Buffer) => {
-      buf += d.toString();
-      for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        try { this.events.push(JSON.parse(line) as Record<string, unknown>); } catch { /* not an event */ }
-      }
+    eachLine(child.stdout, (line) => {
+      try { this.events.push(JSON.parse(line) as Record<string, unknown>); } catch { /* not an event */ }
     });
     child.stderr?.on('data', (d: Buffer) => { this.stderr += d.toString(); });
     this.exited = new Promise((resolve) => {

@@ -32,3 +32,26 @@ export function readFileRange(file: string, offset: number, length: number): Buf
     fs.closeSync(fd);
   }
 }
+
+/** Overwrites bytes of a file in place and makes them durable: a copy changed behind its server's back. */
+export function overwriteFileRange(file: string, offset: number, data: Buffer): void {
+  const fd = fs.openSync(file, 'r+');
+  try {
+    fs.writeSync(fd, data, 0, data.length, offset);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Calls onLine with each complete line a stream of text chunks carries (the last, unfinished one waits). */
+export function eachLine(stream: NodeJS.ReadableStream | null | undefined, onLine: (line: string) => void): void {
+  let buf = '';
+  stream?.on('data', (d: Buffer) => {
+    buf += d.toString();
+    for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
+      onLine(buf.slice(0, nl));
+      buf = buf.slice(nl + 1);
+    }
+  });
+}

@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { TandemNode, sleep, type NodeName, type NodeStatus } from './cluster';
 import { createNetns, type Netns } from './netns';
+import { eachLine } from './files';
 import { repoRoot } from './serve-process';
 import type { PoolStatus } from '../../src/replication/status';
 
@@ -161,14 +162,8 @@ export class Writer {
   private stderr = '';
 
   private constructor(private readonly child: ChildProcess, readonly logFile: string) {
-    let buf = '';
-    child.stdout?.on('data', (d: Buffer) => {
-      buf += d.toString();
-      for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        try { this.events.push(JSON.parse(line) as WriterEvent); } catch { /* not an event line */ }
-      }
+    eachLine(child.stdout, (line) => {
+      try { this.events.push(JSON.parse(line) as WriterEvent); } catch { /* not an event line */ }
     });
     child.stderr?.on('data', (d: Buffer) => { this.stderr += d.toString(); });
     this.exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));

@@ -4,6 +4,7 @@
 // closed port, a listener that never answers, and servers that are not the Tandem API.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import { overwriteFileRange } from '../helpers/files';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
@@ -157,13 +158,7 @@ test('exit 0 for what a running cluster does, exit 1 for what it refuses', { tim
     // 64 KiB of beta's copy changed behind its back: verify finds it and fails until --resync repairs it
     const at = 8 * MiB;
     const junk = Buffer.alloc(64 * KiB, 0x5a);
-    const fd = fs.openSync(c.beta.backingPath, 'r+');
-    try {
-      fs.writeSync(fd, junk, 0, junk.length, at);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
+    overwriteFileRange(c.beta.backingPath, at, junk);
     const found = await run(['verify', 'vol0', '--api', alpha], 1);
     assert.match(found.stdout, new RegExp(`64 KiB differ\\n {2}offset ${at} length ${64 * KiB}\\nto make the peer a copy`), found.stdout);
     const asJson = await run(['verify', 'vol0', '--json', '--api', alpha], 1);

@@ -4,6 +4,7 @@
 // and a copy corrupted behind the node's back. The contract is docs/mirroring.md.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import { overwriteFileRange } from '../helpers/files';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import {
@@ -449,13 +450,7 @@ test('e. verify finds nothing on synced copies, finds 64 KiB corrupted behind be
     const at = 20 * MiB + 8 * KiB;
     const junk = Buffer.alloc(64 * KiB);
     for (let i = 0; i < junk.length; i++) junk[i] = (i * 131 + 7) & 0xff || 1;
-    const fd = fs.openSync(c.beta.backingPath, 'r+');
-    try {
-      fs.writeSync(fd, junk, 0, junk.length, at);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
+    overwriteFileRange(c.beta.backingPath, at, junk);
     assert.notEqual(sha256File(c.beta.backingPath), sha256File(c.alpha.backingPath));
 
     const bad = await c.alpha.postOk<VerifyResult>(`${VOLUME_API}/verify`, {});
