@@ -1,9 +1,9 @@
 // The generic module: any service with a start and a stop command (init
 // scripts, systemctl, an OCF agent's start/stop) and the configured checkers.
 import { describeChecker, runChecker, type CheckContext } from './checker';
-import { appLimits, type GenericAppConfig } from './config';
+import type { GenericAppConfig } from './config';
 import { appEnvironment, type AppContext, type AppDriver, type Probe } from './driver';
-import { describeResult, runShell } from './script';
+import { describeResult, keepTail, runShell } from './script';
 
 export class GenericApp implements AppDriver {
   readonly probes: readonly Probe[];
@@ -27,7 +27,7 @@ export class GenericApp implements AppDriver {
   async stop(): Promise<void> {
     const r = await runShell(this.cfg.stop, { timeoutMs: this.cfg.stopTimeoutMs, env: this.env, cwd: this.cwd });
     // after a failed start the operator needs the start's words more than the stop's: keep both
-    this.output = `${this.output}${r.output}`.slice(-appLimits.outputBytesMax);
+    this.output = keepTail(`${this.output}${r.output}`);
     // the stop script's process group is killed on timeout; what it failed to stop is the filesystem release's to end
     if (r.code !== 0) throw new Error(describeResult(`stop of ${this.cfg.name}`, r));
   }

@@ -11,9 +11,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { CheckResult } from './checker';
-import { appLimits, type PostgresqlAppConfig } from './config';
+import type { PostgresqlAppConfig } from './config';
 import { appEnvironment, type AppContext, type AppDriver, type Probe } from './driver';
-import { describeResult, runProgram, type ScriptResult } from './script';
+import { describeResult, keepTail, runProgram, type ScriptResult } from './script';
 
 /** The newest installed server's binaries (Debian keeps them out of PATH). */
 export function postgresBinDir(): string {
@@ -51,16 +51,28 @@ export class PostgresqlApp implements AppDriver {
     ];
   }
 
+  private idsMemo: { uid: number; gid: number } | undefined;
+  private binDirMemo: string | undefined;
+
+  /** looked up once: the checks run every few seconds for as long as the pool is up */
+  private get ids(): { uid: number; gid: number } {
+    return (this.idsMemo ??= userIds(this.cfg.user));
+  }
+
+  private get binDir(): string {
+    return (this.binDirMemo ??= postgresBinDir());
+  }
+
   private as(file: string, args: readonly string[], timeoutMs: number): Promise<ScriptResult> {
-    const ids = userIds(this.cfg.user);
-    return runProgram(path.join(postgresBinDir(), file), args, { timeoutMs, env: { ...this.env, HOME: this.cfg.socketDir }, cwd: '/', ...ids });
+    const ids = this.ids;
+    return runProgram(path.join(this.binDir, file), args, { timeoutMs, env: { ...this.env, HOME: this.cfg.socketDir }, cwd: '/', ...ids });
   }
 
   private get logFile(): string { return path.join(this.dataDir, 'server.log'); }
 
   /** a shell script on the mount, as root or as the server's user; D is the data directory */
   private onMount(script: string, asUser: boolean, env: Record<string, string> = {}): Promise<ScriptResult> {
-    const ids = asUser ? userIds(this.cfg.user) : {};
+    const ids = asUser ? this.ids : {};
     return runProgram('/bin/sh', ['-c', script], { timeoutMs: 60_000, env: { ...this.env, ...env, D: this.dataDir }, cwd: '/', ...ids });
   }
 
@@ -69,7 +81,7 @@ export class PostgresqlApp implements AppDriver {
   }
 
   async start(): Promise<void> {
-    const ids = userIds(this.cfg.user);
+    const ids = this.ids;
     await fs.promises.mkdir(this.cfg.socketDir, { recursive: true, mode: 0o2775 });
     await fs.promises.chown(this.cfg.socketDir, ids.uid, ids.gid);
     if ((await this.onMount('test -f "$D/PG_VERSION"', false)).code !== 0) await this.initdb();
@@ -83,7 +95,7 @@ export class PostgresqlApp implements AppDriver {
 
   /** First use: an empty data directory becomes a cluster whose TCP clients must authenticate. */
   private async initdb(): Promise<void> {
-    const ids = userIds(this.cfg.user);
+    const ids = this.ids;
     if ((await this.onMount('[ ! -e "$D" ] || [ -z "$(ls -A "$D")" ]', false)).code !== 0) {
       throw new Error(`${this.dataDir} is not empty but holds no PostgreSQL cluster (no PG_VERSION): not initialising over it`);
     }
@@ -126,10 +138,10 @@ export class PostgresqlApp implements AppDriver {
   async stop(): Promise<void> {
     const t = String(Math.max(1, Math.floor(this.cfg.stopTimeoutMs / 2000)));
     let r = await this.as('pg_ctl', ['-D', this.dataDir, '-m', 'fast', '-w', '-t', t, 'stop'], this.cfg.stopTimeoutMs);
-    this.output = `${this.output}${r.output}`.slice(-appLimits.outputBytesMax);
+    this.output = keepTail(`${this.output}${r.output}`);
     if (r.code === 0 || !alive(await this.postmasterPid())) return;
     r = await this.as('pg_ctl', ['-D', this.dataDir, '-m', 'immediate', '-w', '-t', t, 'stop'], this.cfg.stopTimeoutMs);
-    this.output = `${this.output}${r.output}`.slice(-appLimits.outputBytesMax);
+    this.output = keepTail(`${this.output}${r.output}`);
     const pid = await this.postmasterPid();
     if (pid !== null && alive(pid)) {
       try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }

@@ -74,6 +74,11 @@ export function runProgram(file: string, args: readonly string[], o: ScriptOptio
   });
 }
 
+/** the end of an output that grows run after run (start, then stop after a failed start) */
+export function keepTail(text: string, max: number = appLimits.outputBytesMax): string {
+  return text.length > max ? text.slice(text.length - max) : text;
+}
+
 /** `/bin/sh -c SCRIPT`: how configured start, stop and check commands run. */
 export function runShell(script: string, o: ScriptOptions): Promise<ScriptResult> {
   return runProgram('/bin/sh', ['-c', script], o);

@@ -10,7 +10,7 @@ import { initialState, leaseExpiresAt, poolViews, stateMessage, step, type Machi
 import type {
   Command, MachineAction, MachineConfig, MachineEvent, PeerMessage, PersistedState, PoolRecord, VolumeFacts, WitnessRequest,
 } from '../cluster/machine-types';
-import type { StepReporter } from '../pool/steps';
+import { StepFailed, type StepReporter } from '../pool/steps';
 import type { AlonePolicy } from '../replication/replica';
 import type { ClusterStateStatus } from '../replication/status';
 import { writeFileAtomic } from '../storage/atomic-file';
@@ -54,6 +54,9 @@ export interface ActivityEntry {
 export const clusterLimits = { activateRetryFirstMs: 1000, activateRetryMaxMs: 30_000, poolsInMessage: 1024, activityEntries: 200, fenceOutputBytes: 64 * 1024, stateFileBytes: 1024 * 1024 } as const;
 
 const STATE_FILE = 'cluster-state.json';
+
+/** the failed step's codes that an activation retries by itself (see scheduleRetry) */
+const RETRYABLE_ACTIVATION: ReadonlySet<string> = new Set(['ERR_ADDRESS_IN_USE', 'ERR_PEER_PRIMARY']);
 
 function machineConfig(cfg: NodeConfig): MachineConfig {
   return {
@@ -300,7 +303,7 @@ export class ClusterDriver {
           () => { this.retries.delete(a.pool); this.dispatch({ type: 'activated', now: monotonicMs(), pool: a.pool, ok: true }); },
           (e: unknown) => {
             this.dispatch({ type: 'activated', now: monotonicMs(), pool: a.pool, ok: false, error: (e as Error).message });
-            this.scheduleRetry(a.pool, (e as Error).message);
+            this.scheduleRetry(a.pool, e);
           },
         );
         return;
@@ -362,8 +365,10 @@ export class ClusterDriver {
    * Retried with a growing pause while this node still owns the pool INACTIVE; anything else waits
    * for an operator.
    */
-  private scheduleRetry(pool: string, error: string): void {
-    if (!/is in use on the network already|is primary on \S+: demote it there first/.test(error) || this.stopped) return;
+  private scheduleRetry(pool: string, error: unknown): void {
+    const cause = error instanceof StepFailed ? error.cause : error;
+    const code = (cause as { code?: unknown } | null)?.code;
+    if (typeof code !== 'string' || !RETRYABLE_ACTIVATION.has(code) || this.stopped) return;
     const attempt = (this.retries.get(pool) ?? 0) + 1;
     this.retries.set(pool, attempt);
     const ms = Math.min(clusterLimits.activateRetryMaxMs, clusterLimits.activateRetryFirstMs * 2 ** (attempt - 1));

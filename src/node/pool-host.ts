@@ -6,7 +6,8 @@
 // time. A failing application is restarted in place, then the pool fails over
 // (docs/applications.md).
 import path from 'node:path';
-import { Application, type ApplicationStatus } from '../app/application';
+import { Application } from '../app/application';
+import type { PoolStatus } from '../replication/status';
 import type { ApplicationConfig } from '../app/config';
 import type { AppContext, AppDriver } from '../app/driver';
 import { PoolFilesystem } from '../app/filesystem';
@@ -17,6 +18,7 @@ import type { Replica } from '../replication/replica';
 import type { Logger } from '../util/log';
 import { describeIp, type FloatingIp, type FloatingIpDriver } from '../pool/floating-ip';
 import { releaseSteps, runSteps, type Step, type StepReporter } from '../pool/steps';
+import { CodedError } from '../util/coded-error';
 import type { HostPort, NodeConfig, PoolConfig } from './config';
 import type { ExportRequest, Exports } from './exports';
 
@@ -32,10 +34,7 @@ export interface PoolHostDeps {
   readonly failover: (pool: PoolConfig, reason: string) => void;
 }
 
-export interface PoolServiceStatus {
-  readonly filesystem?: { volume: string; mountpoint: string; mounted: boolean };
-  readonly applications?: ApplicationStatus[];
-}
+export type PoolServiceStatus = Pick<PoolStatus, 'filesystem' | 'applications'>;
 
 interface PoolRuntime {
   /** the steps taken by the last successful activation, released by deactivate */
@@ -262,7 +261,7 @@ export class PoolHost {
       run: async () => {
         // an address that answers already belongs to someone: taking it would split the clients in two
         const owner = await driver.probe(ip);
-        if (owner !== null) throw new Error(`floating IP ${ip.address} is in use on the network already (answered by ${owner})`);
+        if (owner !== null) throw new CodedError('ERR_ADDRESS_IN_USE', `floating IP ${ip.address} is in use on the network already (answered by ${owner})`);
         await driver.add(ip);
         driver.announce(ip);
       },

@@ -1,5 +1,6 @@
 // The status JSON of docs/mirroring.md, typed once: the API, the CLI, the
 // tests and the bench all read this shape.
+import type { ApplicationStatus } from '../app/application';
 import type { DiskState, Generations } from '../storage/metadata';
 
 export type Role = 'PRIMARY' | 'SECONDARY';
@@ -67,10 +68,7 @@ export interface PoolStatus {
   /** the pool's filesystem as this node sees it (mounted only on the owner) */
   filesystem?: { volume: string; mountpoint: string; mounted: boolean };
   /** the pool's applications on this node: running on the owner, stopped elsewhere (docs/applications.md) */
-  applications?: Array<{
-    name: string; module: string; state: 'stopped' | 'starting' | 'running' | 'failed' | 'stopping'; since: string; restarts: number;
-    lastCheck: { probe: string; ok: boolean; message: string; at: string } | null; error: string | null; output: string;
-  }>;
+  applications?: ApplicationStatus[];
 }
 
 /** one configured heartbeat link: `up` is null when only the count of links up is known */

@@ -14,6 +14,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { isMounted as mounted } from '../../src/app/filesystem';
 import { freePort, sleep, startCluster, type Cluster, type NodeName, type NodeStatus } from '../helpers/cluster';
 import { startWitness, type WitnessProcess } from '../helpers/witness-process';
 
@@ -26,9 +27,6 @@ const PG_BIN = (() => {
   return path.join(root, v as string, 'bin');
 })();
 
-function mounted(dir: string): boolean {
-  return fs.readFileSync('/proc/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === dir);
-}
 
 /** psql over the floating IP with the superuser's password; resolves with exit code and output */
 function psql(port: number, sql: string, timeoutMs = 10_000): Promise<{ code: number | null; out: string }> {
