@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { VolumeError } from '../storage/volume-store';
 import { adminUsage, runAdmin } from './admin';
+import { clusterUsage, runCluster } from './cluster';
 import { ApiCallError, ApiUnreachableError } from './api-client';
 import { ConfigError } from '../node/config';
 import { runDemo } from './demo';
@@ -15,6 +16,8 @@ const usage = `usage: tandem COMMAND [OPTIONS]
 
 commands:
   demo      serve a demo volume on this machine and print what to try next
+  cluster   form a two-node cluster: tandem cluster create on the first node prints a
+            join token (it holds the cluster secret), tandem cluster join TOKEN on the second
   node      run a node: tandem node start --config FILE (tandem node check: the file only)
   status    a node's view: nodes and links, pools, volumes and resync progress (--json: as sent)
   wait-sync VOLUME   wait until a volume's two copies are in sync, with progress
@@ -71,6 +74,8 @@ export async function main(argv: string[]): Promise<number> {
         return await runServe(parseServeArgs(rest));
       case 'node':
         return await runNode(rest);
+      case 'cluster':
+        return await runCluster(rest);
       case 'witness':
         if (rest.includes('--help') || rest.includes('-h')) { process.stdout.write(witnessUsage + '\n'); return 0; }
         return await runWitness(rest);
@@ -105,6 +110,7 @@ export async function main(argv: string[]): Promise<number> {
   } catch (e) {
     if (e instanceof UsageError) {
       const help = command === 'serve' ? serveUsage : command === 'node' ? nodeUsage : command === 'witness' ? witnessUsage
+        : command === 'cluster' ? clusterUsage
         : ADMIN_COMMANDS.includes(command ?? '') ? adminUsage : usage;
       process.stderr.write(`tandem: ${e.message}\n${help}\n`);
       return exitCodes.usage;

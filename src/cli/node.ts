@@ -5,6 +5,8 @@ import os from 'node:os';
 import { parseArgs } from 'node:util';
 import { parseNodeConfig, type NodeConfig } from '../node/config';
 import { NodeDaemon } from '../node/daemon';
+import { JoinWaiter } from '../node/join';
+import { isWaitingConfigText, parseWaitingConfig, type WaitingConfig } from '../node/join-files';
 import { createLogger } from '../util/log';
 import { UsageError, exitCodes } from './errors';
 import { untilStopSignal } from './signals';
@@ -14,7 +16,10 @@ export const nodeUsage = `usage: tandem node start --config FILE [--debug]
 
 start: runs this node in the foreground: opens (or creates) its copy of each
 volume, keeps the sync link to the peer, serves the pools it owns and the API.
-Prints "node NAME ready" once the API answers. SIGTERM or SIGINT stops it
+Prints "node NAME ready" once the API answers. A file from tandem cluster create
+that no node has joined yet: the node first prints "node NAME waiting for a
+peer to join (cluster CLUSTER)" and serves only the join on its API; once the
+other node joins (tandem cluster join), it writes the peer into FILE and starts. SIGTERM or SIGINT stops it
 cleanly: it releases its pools first. The file format is in docs/mirroring.md,
 docs/cluster.md and docs/pools.md; examples in deploy/examples/.
 
@@ -69,6 +74,38 @@ function summary(cfg: NodeConfig): string {
   ].join('\n');
 }
 
+function checkWaiting(file: string, w: WaitingConfig): number {
+  const c = w.cfg;
+  const at = (a: { host: string; port: number }): string => `${a.host}:${a.port}`;
+  process.stdout.write([
+    `node ${c.node.name} of cluster ${c.cluster.name}, waiting for a peer to join (tandem cluster join on the other node)`,
+    `  API ${at(c.node.apiListen)}, sync ${at(c.node.syncListen)}, ${Math.max(1, w.heartbeatListens.length)} heartbeat link(s), fencing: ${c.fencing.policy}`,
+    `  data in ${c.node.dataDir}`,
+  ].join('\n') + '\n');
+  const problems = hostProblems(c);
+  if (problems.length > 0) {
+    process.stderr.write(problems.map((p) => `tandem: error: ${p}\n`).join(''));
+    return exitCodes.failed;
+  }
+  process.stdout.write(`${file}: ok\n`);
+  return exitCodes.ok;
+}
+
+/** p's value, or the first SIGTERM or SIGINT before it; the handlers are removed either way. */
+function raceStopSignal<T>(p: Promise<T>): Promise<{ kind: 'value'; value: T } | { kind: 'signal'; signal: string }> {
+  return new Promise((resolve, reject) => {
+    const done = (): void => {
+      process.off('SIGTERM', onTerm);
+      process.off('SIGINT', onInt);
+    };
+    const onTerm = (): void => { done(); resolve({ kind: 'signal', signal: 'SIGTERM' }); };
+    const onInt = (): void => { done(); resolve({ kind: 'signal', signal: 'SIGINT' }); };
+    process.on('SIGTERM', onTerm);
+    process.on('SIGINT', onInt);
+    p.then((value) => { done(); resolve({ kind: 'value', value }); }, (e: unknown) => { done(); reject(e); });
+  });
+}
+
 export async function runNode(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
   if (sub === '--help' || sub === '-h' || sub === undefined) {
@@ -84,7 +121,25 @@ export async function runNode(args: string[]): Promise<number> {
     throw new UsageError((e as Error).message);
   }
   if (values.config === undefined) throw new UsageError('--config is required');
-  const text = fs.readFileSync(values.config, 'utf8');
+  let text = fs.readFileSync(values.config, 'utf8');
+  if (isWaitingConfigText(text)) {
+    // made by tandem cluster create and not joined yet (docs/cluster-setup.md)
+    const w = parseWaitingConfig(text);
+    if (sub === 'check') return checkWaiting(values.config, w);
+    const log = createLogger(`node ${w.cfg.node.name}`, undefined, values.debug);
+    const waiter = await JoinWaiter.start(values.config, w, log.child('join'));
+    process.stdout.write(`node ${w.cfg.node.name} waiting for a peer to join (cluster ${w.cfg.cluster.name})\n`);
+    log.info('waiting for a peer to join', { api: `${w.cfg.node.apiListen.host}:${w.cfg.node.apiListen.port}` });
+    const r = await raceStopSignal(waiter.joined);
+    if (r.kind === 'signal') {
+      log.info('stopping', { signal: r.signal });
+      await waiter.close();
+      log.info('stopped');
+      return exitCodes.ok;
+    }
+    process.stdout.write(`node ${w.cfg.node.name} joined by ${r.value.peer}\n`);
+    text = fs.readFileSync(values.config, 'utf8');
+  }
   const cfg = parseNodeConfig(text);
   if (sub === 'check') {
     const problems = hostProblems(cfg);

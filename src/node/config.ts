@@ -1,5 +1,6 @@
 // The node configuration file (docs/mirroring.md): parsed and checked as a
 // whole, so a bad file is one clear error and the node does not start.
+import net from 'node:net';
 import type { FencingPolicy } from '../cluster/machine-types';
 import { parseApplications, parseFilesystem, type ApplicationConfig, type FilesystemConfig } from '../app/config';
 import { parseNotify, type HookConfig } from './notify';
@@ -49,6 +50,13 @@ export interface FencingConfig {
   readonly takeoverMarginMs: number;
   /** at start, how long to wait for the peer before acting alone */
   readonly startWaitMs: number;
+  /**
+   * the split-brain checker: addresses (a gateway) pinged every checkIntervalMs; while none
+   * answers, this node may be the isolated side and takes nothing over (docs/cluster.md)
+   */
+  readonly checkAddresses: readonly string[];
+  readonly checkIntervalMs: number;
+  readonly checkTimeoutMs: number;
 }
 
 export interface PoolConfig {
@@ -65,7 +73,13 @@ export interface PoolConfig {
   readonly filesystem: FilesystemConfig | null;
   /** started in order after the exports and the filesystem, stopped in reverse */
   readonly applications: readonly ApplicationConfig[];
+  /** managed: the cluster runs it; unmanaged: left as it is, services and all; exported: released on both nodes, data kept */
+  readonly control: PoolControl;
 }
+
+export type PoolControl = 'managed' | 'unmanaged' | 'exported';
+
+const POOL_CONTROLS: readonly PoolControl[] = ['managed', 'unmanaged', 'exported'];
 
 export interface FloatingIpConfig {
   readonly driver: FloatingIpDriverName;
@@ -99,6 +113,8 @@ export interface NodeConfig {
   readonly volumes: readonly VolumeConfig[];
   /** without a `pools` key, each volume is a pool of its own, named after it */
   readonly pools: readonly PoolConfig[];
+  /** the file's volumes and pools as written: the first cluster configuration document (src/node/cluster-document.ts) */
+  readonly seed: RawSection;
   readonly floatingIp: FloatingIpConfig;
   readonly faults: FaultsConfig;
   /** hooks told of activity-log entries (src/node/notify.ts) */
@@ -106,7 +122,7 @@ export interface NodeConfig {
 }
 
 export const configLimits = {
-  volumesMax: 64, poolsMax: 64, heartbeatLinksMax: 8, fenceArgsMax: 64, fileBytesMax: 1024 * 1024, floatingIpsPerPoolMax: 16,
+  volumesMax: 64, poolsMax: 64, checkAddressesMax: 8, heartbeatLinksMax: 8, fenceArgsMax: 64, fileBytesMax: 1024 * 1024, floatingIpsPerPoolMax: 16,
 } as const;
 
 const FLOATING_IP_DRIVERS: readonly FloatingIpDriverName[] = ['linux', 'loopback'];
@@ -171,9 +187,64 @@ export function parseNodeConfig(text: string): NodeConfig {
   const nodeName = name(n, 'name', 'node');
   const peerName = name(p, 'name', 'peer');
   if (nodeName === peerName) fail('peer.name', `the peer must have another name than this node (${nodeName})`);
-  if (!Array.isArray(top.volumes) || top.volumes.length === 0) fail('volumes', 'must be a non-empty list');
-  if (top.volumes.length > configLimits.volumesMax) fail('volumes', `at most ${configLimits.volumesMax}`);
-  const volumes = top.volumes.map((v, i): VolumeConfig => {
+  const syncListen = hostPort(n, 'syncListen', 'node');
+  const syncAddress = hostPort(p, 'syncAddress', 'peer');
+  const heartbeat = parseHeartbeat(top.heartbeat, syncListen, syncAddress);
+  const fencing = parseFencing(top.fencing, heartbeat);
+  const nbdListen = hostPort(n, 'nbdListen', 'node');
+  const floatingIp = parseFloatingIpConfig(top.floatingIp);
+  const section = parseClusterSection(sectionOf(top), { nodes: [nodeName, peerName], driver: floatingIp.driver, defaultNbdPort: nbdListen.port });
+  return {
+    cluster: { name: name(c, 'name', 'cluster'), id: hex(c, 'id', 'cluster', 16, 16), secret: hex(c, 'secret', 'cluster', 16, 1024) },
+    node: {
+      name: nodeName, dataDir: str(n, 'dataDir', 'node'),
+      syncListen, apiListen: hostPort(n, 'apiListen', 'node'), nbdListen,
+    },
+    peer: { name: peerName, syncAddress },
+    sync: { pingIntervalMs, timeoutMs, reconnectMs: int(s, 'reconnectMs', 'sync', 500, 10, 600_000) },
+    heartbeat,
+    fencing,
+    volumes: section.volumes,
+    pools: section.pools,
+    seed: section.seed,
+    floatingIp,
+    faults: parseFaults(top.faults),
+    notify: parseNotify(top.notify),
+  };
+}
+
+/** What parsing the volumes and pools needs of the rest of the node configuration. */
+export interface SectionContext {
+  /** this node, then its peer */
+  readonly nodes: readonly [string, string];
+  readonly driver: FloatingIpDriverName;
+  readonly defaultNbdPort: number;
+}
+
+/** The volumes and pools, as written (the cluster configuration document holds them in this form). */
+export interface RawSection { readonly volumes: readonly unknown[]; readonly pools: readonly unknown[] }
+
+function sectionOf(top: Obj): { volumes: unknown; pools: unknown } {
+  return { volumes: top.volumes, pools: top.pools };
+}
+
+export function sectionContext(cfg: NodeConfig): SectionContext {
+  return { nodes: [cfg.node.name, cfg.peer.name], driver: cfg.floatingIp.driver, defaultNbdPort: cfg.node.nbdListen.port };
+}
+
+/**
+ * Parses and checks the volumes and pools of a configuration file or of a cluster configuration
+ * document. Without `pools`, each volume is a pool of its own; `seed` is the section with that
+ * spelled out, as the first cluster configuration document holds it.
+ */
+export function parseClusterSection(raw: { volumes: unknown; pools: unknown }, ctx: SectionContext): { volumes: VolumeConfig[]; pools: PoolConfig[]; seed: RawSection } {
+  const [nodeName, peerName] = ctx.nodes;
+  const top = raw;
+  // a cluster made with `tandem cluster create` starts with none: pools are created at run time (docs/pools.md)
+  const rawVolumes = top.volumes ?? [];
+  if (!Array.isArray(rawVolumes)) fail('volumes', 'must be a list');
+  if (rawVolumes.length > configLimits.volumesMax) fail('volumes', `at most ${configLimits.volumesMax}`);
+  const volumes = rawVolumes.map((v, i): VolumeConfig => {
     const where = `volumes[${i}]`;
     const o = obj(v, where, ['name', 'size', 'primary', 'cacheMode', 'afterSplitBrain', 'resyncRate', 'checksumResync', 'activityLogExtents']);
     const size0 = size(o, 'size', where);
@@ -195,39 +266,23 @@ export function parseNodeConfig(text: string): NodeConfig {
   });
   const names = new Set(volumes.map((v) => v.name));
   if (names.size !== volumes.length) fail('volumes', 'volume names must be unique');
-  const syncListen = hostPort(n, 'syncListen', 'node');
-  const syncAddress = hostPort(p, 'syncAddress', 'peer');
-  const heartbeat = parseHeartbeat(top.heartbeat, syncListen, syncAddress);
-  const fencing = parseFencing(top.fencing, heartbeat);
-  const nbdListen = hostPort(n, 'nbdListen', 'node');
-  const floatingIp = parseFloatingIpConfig(top.floatingIp);
   const pools = top.pools === undefined
     ? volumes.map((v): PoolConfig => ({
-      name: v.name, volumes: [v.name], preferredNode: v.primary, autoFailback: false, nbdListen: null, floatingIps: [], nbdPort: nbdListen.port, filesystem: null, applications: [],
+      name: v.name, volumes: [v.name], preferredNode: v.primary, autoFailback: false, nbdListen: null, floatingIps: [], nbdPort: ctx.defaultNbdPort,
+      filesystem: null, applications: [], control: 'managed',
     }))
-    : parsePools(top.pools, volumes, [nodeName, peerName], floatingIp.driver, nbdListen.port);
+    : parsePools(top.pools, volumes, ctx.nodes, ctx.driver, ctx.defaultNbdPort);
   const poolOf = new Map(pools.flatMap((pc) => pc.volumes.map((v) => [v, pc] as const)));
   for (const [i, v] of volumes.entries()) {
     const pc = poolOf.get(v.name) as PoolConfig;
     if (v.primary === '') volumes[i] = { ...v, primary: pc.preferredNode };
     else if (v.primary !== pc.preferredNode) fail(`volumes[${i}].primary`, `differs from the preferredNode of pool ${pc.name}: leave it out`);
   }
-  return {
-    cluster: { name: name(c, 'name', 'cluster'), id: hex(c, 'id', 'cluster', 16, 16), secret: hex(c, 'secret', 'cluster', 16, 1024) },
-    node: {
-      name: nodeName, dataDir: str(n, 'dataDir', 'node'),
-      syncListen, apiListen: hostPort(n, 'apiListen', 'node'), nbdListen,
-    },
-    peer: { name: peerName, syncAddress },
-    sync: { pingIntervalMs, timeoutMs, reconnectMs: int(s, 'reconnectMs', 'sync', 500, 10, 600_000) },
-    heartbeat,
-    fencing,
-    volumes,
-    pools,
-    floatingIp,
-    faults: parseFaults(top.faults),
-    notify: parseNotify(top.notify),
+  const seed: RawSection = {
+    volumes: rawVolumes,
+    pools: Array.isArray(top.pools) ? top.pools : volumes.map((v) => ({ name: v.name, volumes: [v.name], preferredNode: v.primary })),
   };
+  return { volumes, pools, seed };
 }
 
 function parseFaults(v: unknown): FaultsConfig {
@@ -264,7 +319,7 @@ function parseHeartbeat(v: unknown, syncListen: HostPort, syncAddress: HostPort)
 
 function parseFencing(v: unknown, hb: HeartbeatConfig): FencingConfig {
   const where = 'fencing';
-  const f = obj(v ?? {}, where, ['policy', 'command', 'commandTimeoutMs', 'retryMs', 'witness', 'witnessTimeoutMs', 'takeoverMarginMs', 'startWaitMs']);
+  const f = obj(v ?? {}, where, ['policy', 'command', 'commandTimeoutMs', 'retryMs', 'witness', 'witnessTimeoutMs', 'takeoverMarginMs', 'startWaitMs', 'checkAddresses', 'checkIntervalMs', 'checkTimeoutMs']);
   const policy = str(f, 'policy', where, 'manual') as FencingPolicy;
   if (!FENCING_POLICIES.includes(policy)) fail(`${where}.policy`, `must be one of ${FENCING_POLICIES.join(', ')}`);
   let command: string[] | null = null;
@@ -277,6 +332,11 @@ function parseFencing(v: unknown, hb: HeartbeatConfig): FencingConfig {
   }
   if (policy === 'fence' && command === null) fail(`${where}.command`, 'the fence policy needs a command');
   const witness = f.witness === undefined ? null : hostPort(f, 'witness', where);
+  const checkAddresses = f.checkAddresses ?? [];
+  if (!Array.isArray(checkAddresses) || checkAddresses.length > configLimits.checkAddressesMax ||
+    !checkAddresses.every((a): a is string => typeof a === 'string' && net.isIP(a) !== 0)) {
+    fail(`${where}.checkAddresses`, `must be a list of at most ${configLimits.checkAddressesMax} IP addresses`);
+  }
   if (policy === 'witness' && witness === null) fail(`${where}.witness`, 'the witness policy needs the witness address');
   return {
     policy, command, witness,
@@ -285,6 +345,9 @@ function parseFencing(v: unknown, hb: HeartbeatConfig): FencingConfig {
     witnessTimeoutMs: int(f, 'witnessTimeoutMs', where, Math.max(hb.intervalMs, 250), 10, 60_000),
     takeoverMarginMs: int(f, 'takeoverMarginMs', where, hb.intervalMs, 0, 60_000),
     startWaitMs: int(f, 'startWaitMs', where, 5 * hb.timeoutMs, 0, 3_600_000),
+    checkAddresses,
+    checkIntervalMs: int(f, 'checkIntervalMs', where, Math.max(100, Math.floor(hb.timeoutMs / 2)), 50, 60_000),
+    checkTimeoutMs: int(f, 'checkTimeoutMs', where, Math.max(100, Math.floor(hb.timeoutMs / 2)), 50, 60_000),
   };
 }
 
@@ -320,12 +383,12 @@ function parseFloatingIps(v: unknown, where: string, driver: FloatingIpDriverNam
 function parsePools(
   v: unknown, volumes: readonly VolumeConfig[], nodes: readonly string[], driver: FloatingIpDriverName, defaultNbdPort: number,
 ): PoolConfig[] {
-  if (!Array.isArray(v) || v.length === 0) fail('pools', 'must be a non-empty list');
+  if (!Array.isArray(v)) fail('pools', 'must be a list');
   if (v.length > configLimits.poolsMax) fail('pools', `at most ${configLimits.poolsMax}`);
   const owner = new Map<string, string>();
   const pools = v.map((p, i): PoolConfig => {
     const where = `pools[${i}]`;
-    const o = obj(p, where, ['name', 'volumes', 'preferredNode', 'autoFailback', 'nbdListen', 'floatingIps', 'nbdPort', 'filesystem', 'applications']);
+    const o = obj(p, where, ['name', 'volumes', 'preferredNode', 'autoFailback', 'nbdListen', 'floatingIps', 'nbdPort', 'filesystem', 'applications', 'control']);
     const poolName = name(o, 'name', where);
     if (!Array.isArray(o.volumes) || o.volumes.length === 0) fail(`${where}.volumes`, 'must be a non-empty list of volume names');
     const vols = o.volumes.map((x, j) => {
@@ -344,9 +407,11 @@ function parsePools(
     const applications = parseApplications(o.applications, `${where}.applications`, filesystem);
     if (floatingIps.length > 0 && o.nbdListen !== undefined) fail(`${where}.nbdListen`, 'a pool with floating IPs exports on them (at nbdPort): leave nbdListen out');
     if (floatingIps.length === 0 && o.nbdPort !== undefined) fail(`${where}.nbdPort`, 'is the port on the floating IPs: give the pool floatingIps, or use nbdListen');
+    const control = str(o, 'control', where, 'managed') as PoolControl;
+    if (!POOL_CONTROLS.includes(control)) fail(`${where}.control`, `must be one of ${POOL_CONTROLS.join(', ')}`);
     return {
       name: poolName, volumes: vols, preferredNode, autoFailback, nbdListen: o.nbdListen === undefined ? null : hostPort(o, 'nbdListen', where),
-      floatingIps, nbdPort: int(o, 'nbdPort', where, defaultNbdPort, 1, 65535), filesystem, applications,
+      floatingIps, nbdPort: int(o, 'nbdPort', where, defaultNbdPort, 1, 65535), filesystem, applications, control,
     };
   });
   if (new Set(pools.map((p) => p.name)).size !== pools.length) fail('pools', 'pool names must be unique');

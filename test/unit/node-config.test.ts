@@ -22,7 +22,7 @@ test('defaults: one heartbeat link beside the sync ports, policy manual, each vo
   assert.equal(c.heartbeat.intervalMs, 200);
   assert.equal(c.heartbeat.timeoutMs, 1000);
   assert.equal(c.fencing.policy, 'manual');
-  assert.deepEqual(c.pools, [{ name: 'vol0', volumes: ['vol0'], preferredNode: 'alpha', autoFailback: false, nbdListen: null, floatingIps: [], nbdPort: 10809, filesystem: null, applications: [] }]);
+  assert.deepEqual(c.pools, [{ name: 'vol0', volumes: ['vol0'], preferredNode: 'alpha', autoFailback: false, nbdListen: null, floatingIps: [], nbdPort: 10809, filesystem: null, applications: [], control: 'managed' }]);
   assert.deepEqual(c.floatingIp, { driver: 'linux', probeMs: 300, announceCount: 3 });
   assert.equal(c.volumes[0]?.activityLogExtents, 1017);
 });
@@ -43,6 +43,8 @@ test('bad heartbeat, fencing and pool settings are refused, naming the key', () 
   refused((c) => { c.fencing = { policy: 'stonith' }; }, /^fencing\.policy: must be one of none, ignore, manual, fence, witness/);
   refused((c) => { c.fencing = { policy: 'fence' }; }, /^fencing\.command: the fence policy needs a command/);
   refused((c) => { c.fencing = { policy: 'fence', command: ['ok', ''] }; }, /^fencing\.command: must be a list/);
+  refused((c) => { c.fencing = { policy: 'ignore', checkAddresses: ['gateway'] }; }, /^fencing\.checkAddresses: must be a list of at most 8 IP addresses/);
+  refused((c) => { c.pools = [{ name: 'p', volumes: ['vol0'], preferredNode: 'alpha', control: 'gone' }]; }, /^pools\[0\]\.control: must be one of managed, unmanaged, exported/);
   refused((c) => { c.fencing = { policy: 'witness' }; }, /^fencing\.witness: the witness policy needs the witness address/);
   refused((c) => { c.fencing = { policy: 'ignore', extra: 1 }; }, /^fencing\.extra: unknown key/);
   refused((c) => { c.pools = [{ name: 'p', volumes: ['nope'], preferredNode: 'alpha' }]; }, /^pools\[0\]\.volumes\[0\]: "nope" is not a configured volume/);

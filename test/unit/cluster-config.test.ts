@@ -1,0 +1,119 @@
+// The cluster configuration document (src/node/cluster-document.ts) and its store
+// (src/node/cluster-config.ts): epochs and lineage decide which document wins,
+// documents changed apart are never merged, bad documents change nothing.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import { changeDocument, compareDocuments, documentHash, parseDocument, seedDocument, serializeDocument } from '../../src/node/cluster-document';
+import { ClusterConfigStore, DOCUMENT_FILE, mergeEdit } from '../../src/node/cluster-config';
+import type { SectionContext } from '../../src/node/config';
+import { createLogger } from '../../src/util/log';
+
+const at = new Date('2026-11-23T00:00:00Z');
+const v0 = { name: 'vol0', size: '8M' };
+const p0 = { name: 'p0', volumes: ['vol0'], preferredNode: 'alpha' };
+const seed = { volumes: [v0], pools: [p0] };
+const ctx: SectionContext = { nodes: ['alpha', 'beta'], driver: 'loopback', defaultNbdPort: 10809 };
+const log = createLogger('test', () => undefined);
+
+function tmp(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'tandem-ccfg-'));
+}
+
+test('two nodes seeding the same file agree; different files have diverged', () => {
+  const a = seedDocument(seed, 'alpha', at);
+  const b = seedDocument(seed, 'beta', new Date());
+  assert.equal(compareDocuments(a, b), 'same', 'who seeded it and when is not content');
+  const c = seedDocument({ volumes: [{ ...v0, size: '16M' }], pools: [p0] }, 'beta', at);
+  assert.equal(compareDocuments(a, c), 'diverged');
+});
+
+test('a change descends from its parent: newer wins either way round; changes made apart have diverged', () => {
+  const one = seedDocument(seed, 'alpha', at);
+  const two = changeDocument(one, { volumes: [v0], pools: [{ ...p0, control: 'exported' }] }, 'alpha', 'pool export p0', at);
+  assert.equal(two.epoch, 2);
+  assert.deepEqual(two.lineage, [documentHash(one)]);
+  assert.equal(compareDocuments(one, two), 'theirs-newer');
+  assert.equal(compareDocuments(two, one), 'mine-newer');
+  const three = changeDocument(two, seed, 'alpha', 'pool import p0', at);
+  assert.equal(compareDocuments(one, three), 'theirs-newer', 'a node two epochs behind still catches up');
+  const otherTwo = changeDocument(one, { volumes: [v0], pools: [{ ...p0, control: 'unmanaged' }] }, 'beta', 'pool unmanage p0', at);
+  assert.equal(compareDocuments(two, otherTwo), 'diverged');
+  assert.equal(compareDocuments(three, otherTwo), 'diverged', 'a higher epoch does not win over a document it does not descend from');
+  // a push descends from both
+  const pushed = changeDocument(three, seed, 'alpha', 'push', at, [otherTwo]);
+  assert.equal(pushed.epoch, 4);
+  assert.equal(compareDocuments(otherTwo, pushed), 'theirs-newer');
+  assert.equal(compareDocuments(three, pushed), 'theirs-newer');
+});
+
+test('documents are parsed strictly and bounded', () => {
+  const d = seedDocument(seed, 'alpha', at);
+  assert.deepEqual(parseDocument(serializeDocument(d), 'x'), d);
+  for (const [text, why] of [
+    ['{', /not JSON/],
+    [JSON.stringify({ ...d, version: 2 }), /version: must be 1/],
+    [JSON.stringify({ version: 1, ...d, epoch: 0 }), /epoch/],
+    [JSON.stringify({ version: 1, ...d, lineage: ['zz'] }), /lineage/],
+    [JSON.stringify({ version: 1, ...d, extra: 1 }), /unknown key/],
+    [JSON.stringify({ version: 1, ...d, pools: 'x' }), /pools: must be a list/],
+    [' '.repeat(300 * 1024), /larger than/],
+  ] as const) assert.throws(() => parseDocument(text, 'x'), why);
+});
+
+test('a node file edit changes what it changed and leaves pools made at run time alone', () => {
+  const runtime = { name: 'p1', volumes: ['v1'], preferredNode: 'beta' };
+  const doc = { volumes: [v0, { name: 'v1', size: '4M' }], pools: [{ ...p0, control: 'exported' }, runtime] };
+  // the file's p0 did not change: the document's exported p0 stays; a new pool is added
+  const added = mergeEdit(doc, seed, { volumes: [v0, { name: 'v2', size: '4M' }], pools: [p0, { name: 'p2', volumes: ['v2'], preferredNode: 'alpha' }] });
+  assert.deepEqual(added.pools.map((p) => (p as { name: string }).name), ['p0', 'p1', 'p2']);
+  assert.equal((added.pools[0] as { control?: string }).control, 'exported');
+  // a pool deleted from the file leaves the document; one changed in the file replaces the document's
+  const removed = mergeEdit(doc, seed, { volumes: [], pools: [] });
+  assert.deepEqual(removed.pools, [runtime]);
+  const changed = mergeEdit(doc, seed, { volumes: [v0], pools: [{ ...p0, autoFailback: true }] });
+  assert.deepEqual(changed.pools[0], { ...p0, autoFailback: true });
+});
+
+test('the store: seeded once, persisted, changed with checks, and a peer document is adopted, sent back or refused', () => {
+  const dir = tmp();
+  try {
+    const s = new ClusterConfigStore({ dataDir: dir, node: 'alpha', ctx, seed, log, now: () => at });
+    assert.equal(s.document.epoch, 1);
+    assert.ok(fs.existsSync(path.join(dir, DOCUMENT_FILE)));
+    // a bad change is refused and changes nothing
+    assert.throws(() => s.change('bad', (raw) => ({ volumes: raw.volumes, pools: [...raw.pools, { name: 'p1', volumes: ['nope'], preferredNode: 'alpha' }] })), /not a configured volume/);
+    assert.throws(() => s.change('grow', () => ({ volumes: [{ ...v0, size: '16M' }], pools: [p0] })), /size cannot change/);
+    assert.equal(s.document.epoch, 1);
+    s.change('pool create p1', (raw) => ({ volumes: [...raw.volumes, { name: 'v1', size: '4M' }], pools: [...raw.pools, { name: 'p1', volumes: ['v1'], preferredNode: 'beta' }] }));
+    assert.equal(s.document.epoch, 2);
+    assert.deepEqual(s.current.pools.map((p) => p.name), ['p0', 'p1']);
+    // a restart reads it back, and the same file is no edit
+    const again = new ClusterConfigStore({ dataDir: dir, node: 'alpha', ctx, seed, log, now: () => at });
+    assert.equal(again.document.epoch, 2);
+
+    // the peer: older → send ours; newer → adopted; garbage → refused; apart → diverged until a push
+    const older = seedDocument(seed, 'beta', at);
+    assert.equal(again.receive(JSON.stringify({ version: 1, ...older })).kind, 'send-ours');
+    const newer = changeDocument(again.document, { volumes: [v0], pools: [p0] }, 'beta', 'pool remove p1', at);
+    const r = again.receive(JSON.stringify({ version: 1, ...newer }));
+    assert.equal(r.kind, 'adopted');
+    assert.equal(again.document.epoch, 3);
+    assert.equal(again.receive('{"version":1}').kind, 'refused');
+    const bad = changeDocument(again.document, { volumes: [{ ...v0, size: '1G' }], pools: [p0] }, 'beta', 'grow', at);
+    const refused = again.receive(JSON.stringify({ version: 1, ...bad }));
+    assert.equal(refused.kind, 'refused');
+    assert.equal(again.document.epoch, 3, 'a refused document changes nothing');
+    const apart = changeDocument(newer, { volumes: [v0], pools: [{ ...p0, autoFailback: true }] }, 'beta', 'x', at);
+    again.change('mine', (raw) => ({ volumes: raw.volumes, pools: [{ ...p0, control: 'unmanaged' }] }));
+    assert.equal(again.receive(JSON.stringify({ version: 1, ...apart })).kind, 'diverged');
+    assert.match(again.status().diverged ?? '', /tandem config push/);
+    const pushed = again.push();
+    assert.equal(compareDocuments(apart, pushed), 'theirs-newer');
+    assert.equal(again.status().diverged, null);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
