@@ -1,5 +1,6 @@
 // The management commands: each asks a node's API (docs/mirroring.md, docs/cluster.md,
 // docs/pools.md); exit codes as in docs/operations.md.
+import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { NodeStatus } from '../replication/status';
 import { formatSize } from '../util/size';
@@ -19,6 +20,11 @@ export const adminUsage = `usage: tandem status     [--json] [--timeout DURATION
        tandem disconnect VOLUME
        tandem swap       POOL                      (planned switchover to the peer)
        tandem pool move  POOL --node NODE          (asked of the pool's owner)
+       tandem pool create POOL --volume NAME:SIZE [--volume …] [--ip ADDR/PREFIX[@IF] …]
+                         [--port N] [--node PREFERRED] [--auto-failback] [--file POOL.json]
+       tandem pool remove|export|import|unmanage|manage POOL
+       tandem pool reattach POOL --node NODE      (an INACTIVE pool; asked of its owner)
+       tandem config show|push                    (the cluster configuration document)
        tandem maintenance on|off                   (nothing moves automatically while on)
        tandem activity   [--pool POOL] [--level warn|error] [-n LINES] [--json]
 Every command takes --api HOST:PORT: the node's node.apiListen; the default is
@@ -31,6 +37,15 @@ $TANDEM_API, then 127.0.0.1:7780.
   verify --wait      first waits as wait-sync does (verify needs both copies connected
                      and no resync running); --timeout bounds that wait
   verify --resync    sends this node's version of every differing block to the peer
+  pool create        adds a pool and its new volumes to the cluster configuration; both
+                     nodes create their copies and the preferred node (default: the node
+                     asked) serves it. --file: a pool as the node file writes one (docs/pools.md),
+                     with volume definitions in "volumes"; options override its keys
+  pool export        releases the pool on both nodes, keeps its data; import brings it back
+  pool unmanage      the cluster leaves the pool as it is, services running; manage undoes it
+  pool remove        an exported or INACTIVE pool leaves the configuration; its volumes'
+                     files are moved to DATA_DIR/removed/ on each node
+  config push        after the two nodes' configurations diverged: this node's wins
   activity           the node's activity log (its last 200 entries): cluster decisions and
                      every pool step with its outcome and duration, oldest first; -n 0: all
 DURATION: 30 (seconds), 30s, 500ms, 10m, 2h.
@@ -63,7 +78,8 @@ const COMMAND_OPTIONS: Record<string, readonly string[]> = {
   connect: ['json', 'timeout'],
   disconnect: ['json', 'timeout'],
   swap: ['json', 'timeout'],
-  pool: ['node', 'json', 'timeout'],
+  pool: ['node', 'json', 'timeout', 'volume', 'ip', 'port', 'auto-failback', 'file'],
+  config: ['json', 'timeout'],
   maintenance: ['json', 'timeout'],
   activity: ['pool', 'level', 'lines', 'json', 'timeout'],
 };
@@ -126,6 +142,39 @@ async function verify(api: ApiAddress, volume: string, o: { resync: boolean; wai
   return differs ? exitCodes.failed : exitCodes.ok;
 }
 
+/** `pool create`'s request: the --file definition, then the options over it. */
+function poolDefinition(pool: string, v: { volume?: string[]; ip?: string[]; port?: string; node?: string; 'auto-failback': boolean; file?: string }): Record<string, unknown> {
+  let def: Record<string, unknown> = {};
+  if (v.file !== undefined) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(fs.readFileSync(v.file, 'utf8'));
+    } catch (e) {
+      throw new UsageError(`--file ${v.file}: ${(e as Error).message}`);
+    }
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new UsageError(`--file ${v.file}: not a JSON object`);
+    def = parsed as Record<string, unknown>;
+  }
+  const volumes = (v.volume ?? []).map((x) => {
+    const m = /^([^:]+):(.+)$/.exec(x);
+    if (m === null) throw new UsageError(`--volume ${JSON.stringify(x)}: expected NAME:SIZE, e.g. vol1:10G`);
+    return { name: m[1], size: m[2] };
+  });
+  const ips = (v.ip ?? []).map((x) => {
+    const [address, iface] = x.split('@');
+    return iface === undefined ? { address } : { address, interface: iface };
+  });
+  if (v.port !== undefined && !/^\d+$/.test(v.port)) throw new UsageError(`--port ${JSON.stringify(v.port)} is not a port number`);
+  const out: Record<string, unknown> = { ...def, name: pool };
+  if (volumes.length > 0) out.volumes = volumes;
+  if (ips.length > 0) out.floatingIps = ips;
+  if (v.port !== undefined) out.nbdPort = Number(v.port);
+  if (v.node !== undefined) out.preferredNode = v.node;
+  if (v['auto-failback']) out.autoFailback = true;
+  if (!Array.isArray(out.volumes) || out.volumes.length === 0) throw new UsageError('pool create needs at least one --volume NAME:SIZE (or volumes in --file)');
+  return out;
+}
+
 export async function runAdmin(command: string, args: string[]): Promise<number> {
   let parsed;
   try {
@@ -142,6 +191,11 @@ export async function runAdmin(command: string, args: string[]): Promise<number>
         pool: { type: 'string' },
         level: { type: 'string' },
         lines: { type: 'string', short: 'n' },
+        volume: { type: 'string', multiple: true },
+        ip: { type: 'string', multiple: true },
+        port: { type: 'string' },
+        'auto-failback': { type: 'boolean', default: false },
+        file: { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
     });
@@ -203,10 +257,31 @@ export async function runAdmin(command: string, args: string[]): Promise<number>
     out(r.value, `maintenance ${positionals[0]}: ${message(r.value)}`);
     return exitCodes.ok;
   }
+  if (command === 'config') {
+    const sub = positionals[0];
+    if (positionals.length !== 1 || (sub !== 'show' && sub !== 'push')) throw new UsageError('config takes show or push');
+    const r = sub === 'show'
+      ? await callApi(api, 'GET', '/api/v1/config', timeoutMs === null ? {} : { timeoutMs })
+      : await callApi(api, 'POST', '/api/v1/config/push', { body: {}, ...(timeoutMs === null ? {} : { timeoutMs }) });
+    out(r.value, sub === 'show' ? r.text : message(r.value));
+    return exitCodes.ok;
+  }
   if (command === 'pool') {
-    if (positionals[0] !== 'move') throw new UsageError(positionals[0] === undefined ? 'pool needs a subcommand: move' : `unknown pool subcommand ${JSON.stringify(positionals[0])}`);
-    if (positionals.length !== 2 || values.node === undefined) throw new UsageError('pool move needs POOL and --node NODE');
-    const r = await callApi(api, 'POST', `/api/v1/pools/${encodeURIComponent(positionals[1] as string)}/move`, { body: { node: values.node }, ...(timeoutMs === null ? {} : { timeoutMs }) });
+    const sub = positionals[0];
+    const subs = ['move', 'create', 'remove', 'export', 'import', 'unmanage', 'manage', 'reattach'];
+    if (sub === undefined || !subs.includes(sub)) throw new UsageError(sub === undefined ? `pool needs a subcommand: ${subs.join(', ')}` : `unknown pool subcommand ${JSON.stringify(sub)}`);
+    if (positionals.length !== 2) throw new UsageError(`pool ${sub} needs exactly one POOL`);
+    const pool = positionals[1] as string;
+    const creating = ['volume', 'ip', 'port', 'auto-failback', 'file'];
+    for (const t of tokens) {
+      if (t.kind === 'option' && creating.includes(t.name) && sub !== 'create') throw new UsageError(`pool ${sub} does not take --${t.name}`);
+    }
+    if ((sub === 'move' || sub === 'reattach') && values.node === undefined) throw new UsageError(`pool ${sub} needs POOL and --node NODE`);
+    if (sub !== 'move' && sub !== 'reattach' && sub !== 'create' && values.node !== undefined) throw new UsageError(`pool ${sub} does not take --node`);
+    const body = sub === 'create' ? poolDefinition(pool, values) : sub === 'move' || sub === 'reattach' ? { node: values.node } : {};
+    const at = sub === 'create' ? '/api/v1/pools' : `/api/v1/pools/${encodeURIComponent(pool)}/${sub}`;
+    // export, import and create wait for the pool to settle on the node: up to two minutes
+    const r = await callApi(api, 'POST', at, { body, timeoutMs: timeoutMs ?? 150_000 });
     out(r.value, message(r.value));
     return exitCodes.ok;
   }

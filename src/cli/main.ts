@@ -26,6 +26,8 @@ commands:
   promote, demote, connect, disconnect   per-volume operator commands
   swap      hand a pool over to the peer (planned switchover)
   pool move POOL --node NODE   migrate a pool to a node
+  pool create|remove|export|import|unmanage|manage|reattach POOL   the pool lifecycle
+  config show|push   the cluster configuration document both nodes share
   maintenance on|off   nothing moves automatically while on
   activity  a node's activity log: cluster decisions, pool steps with outcome and duration
   serve     serve volumes over NBD without a cluster (tandem serve --help)
@@ -45,7 +47,7 @@ exit status:
      time, or something that is not the Tandem API answered)
   70 an internal error: a bug, with its stack trace on stderr`;
 
-const ADMIN_COMMANDS = ['status', 'wait-sync', 'verify', 'resolve', 'promote', 'swap', 'pool', 'maintenance', 'demote', 'connect', 'disconnect', 'activity'];
+const ADMIN_COMMANDS = ['status', 'wait-sync', 'verify', 'resolve', 'promote', 'swap', 'pool', 'config', 'maintenance', 'demote', 'connect', 'disconnect', 'activity'];
 
 function version(): string {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -91,6 +93,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'connect':
       case 'disconnect':
       case 'activity':
+      case 'config':
         return await runAdmin(command, rest);
       case 'demo':
         return await runDemo(rest, path.join(os.tmpdir(), 'tandem-demo'));

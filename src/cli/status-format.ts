@@ -12,6 +12,7 @@ const STATE_TONE: Record<VolumeStatus['state'], Tone | null> = {
 function phaseTone(phase: string): Tone | null {
   if (phase === 'ACTIVE') return 'good';
   if (phase === 'STANDBY') return null;
+  if (phase === 'EXPORTED') return 'warn';
   if (phase === 'INACTIVE' || phase === 'ORPHANED' || phase === 'SUSPENDED') return 'bad';
   return 'warn';
 }
@@ -71,6 +72,9 @@ function poolsSection(s: NodeStatus, p: Painter): string[] {
   for (const pool of c.pools) {
     rows.push([pool.name, pool.owner === s.node ? p.paint(pool.owner, 'strong') : pool.owner, String(pool.term), p.paint(pool.phase, phaseTone(pool.phase)), pool.reason ?? '']);
     rows.push(...poolNotes(pool, p));
+    if (pool.control !== undefined && pool.control !== 'managed') {
+      rows.push({ note: p.paint(pool.control === 'exported' ? `exported: released on both nodes, data kept (tandem pool import ${pool.name})` : `unmanaged: the cluster leaves it as it is (tandem pool manage ${pool.name})`, 'warn') });
+    }
     if (pool.phase === 'INACTIVE' || pool.phase === 'ORPHANED' || pool.phase === 'SUSPENDED') {
       rows.push({ note: p.paint(`why: tandem activity --pool ${pool.name} (docs/troubleshooting.md)`, 'dim') });
     }
@@ -111,6 +115,10 @@ export function formatStatus(s: NodeStatus, api: string, p: Painter): string {
     head += `   fencing: ${c.policy}`;
     // the status carries this node's switch only; the peer's counts as well (docs/cluster.md)
     head += c.maintenance ? `   ${p.paint(`MAINTENANCE ON at ${s.node}: nothing moves automatically`, 'warn')}` : `   maintenance at ${s.node}: off`;
+  }
+  if (s.config !== undefined) {
+    head += `\nconfiguration epoch ${s.config.epoch} (${s.config.change}, by ${s.config.changedBy})`;
+    if (s.config.diverged !== null) head += `\n${p.paint(`configuration diverged: ${s.config.diverged}`, 'bad')}`;
   }
   const sections = [nodesSection(s, api, p), poolsSection(s, p), volumesSection(s, p)].filter((x) => x.length > 0);
   return [head, ...sections.map((x) => ['', ...x]).flat()].join('\n') + '\n';

@@ -45,8 +45,24 @@ export class Ctx {
     return spec === undefined ? undefined : this.pool(spec.name);
   }
 
+  /** The pool's volumes as configured (for a pool leaving the configuration: as they were). */
   volumesOf(pool: string): readonly string[] {
-    return this.cfg.pools.find((p) => p.name === pool)?.volumes ?? [];
+    return this.pool(pool)?.volumes ?? [];
+  }
+
+  /** Configured and under the machine's control (not unmanaged, not exported, not leaving the configuration). */
+  managed(pool: PoolState): boolean {
+    return pool.control === 'managed' && !pool.leaving;
+  }
+
+  /** A pool that left the configuration and still holds one of this pool's volumes here, if any. */
+  heldByLeaving(pool: PoolState): { readonly pool: string; readonly volume: string } | null {
+    for (const q of this.s.pools) {
+      if (!q.leaving || q.name === pool.name) continue;
+      const v = q.volumes.find((x) => pool.volumes.includes(x));
+      if (v !== undefined) return { pool: q.name, volume: v };
+    }
+    return null;
   }
 
   // ------------------------------------------------------------------ facts
@@ -63,6 +79,31 @@ export class Ctx {
   /** the policy decides without the peer: it went down after the meeting, or was never met within startWaitMs */
   get absent(): boolean {
     return !this.s.peer.up && (this.s.peer.met || this.s.startWaitOver);
+  }
+
+  /** the daemon's gateway check fails: this node may be the isolated side, and acts on nothing without the peer */
+  get isolated(): boolean {
+    return this.s.isolation.isolated;
+  }
+
+  isolationReason(doing: string): string {
+    return `${doing}: this node cannot reach its gateway (${this.s.isolation.detail}): it may be the isolated side`;
+  }
+
+  /**
+   * Policy fence: whether this node may fence the peer and act alone. Not after a start without
+   * meeting the peer, unless it fenced the peer and served alone since they last met (then its
+   * copies are the newest): the peer may have fenced this node and written alone meanwhile, and
+   * nothing here would show it (DRBD's degraded-wait-for-connection).
+   */
+  get mayActAlone(): boolean {
+    return this.cfg.policy !== 'fence' || this.s.peer.met || this.s.aloneAfterFence;
+  }
+
+  /** Why a node under policy fence that has not met its peer since it started does not act alone. */
+  unmetReason(doing: string): string {
+    return `${doing}: ${this.cfg.peer} not met since this node started, and this node did not fence it and serve alone since they last met ` +
+      `(its copies may be outdated): waiting for ${this.cfg.peer}, or an operator (tandem promote)`;
   }
 
   /** Why the pool's copy may not be promoted here, or null when every volume is UpToDate. */
@@ -96,13 +137,42 @@ export class Ctx {
   }
 
   allInSync(): boolean {
-    return this.s.pools.every((p) => this.inSync(p.name) === null);
+    return this.s.pools.every((p) => p.leaving || this.inSync(p.name) === null);
   }
 
-  /** The peer's newest state holds exactly our records: it has adopted every change of owner we made. */
+  /**
+   * The peer's newest state has a record of the pool. Without one, the peer's configuration differs
+   * from ours: it has not taken the pool in yet, or it has removed it, perhaps after taking it over
+   * at a higher term than ours. Either way the two have not compared records for it.
+   */
+  peerKnows(pool: string): boolean {
+    return this.s.peer.records?.[pool] !== undefined;
+  }
+
+  /**
+   * The peer's newest state has records of pools this node has not (or no longer has) in its
+   * configuration: until its configuration catches up, it may still serve or take over such a pool
+   * with copies this node's writes never reached, and this node's in-sync facts say nothing of them.
+   */
+  peerHasOtherPools(): boolean {
+    const r = this.s.peer.records;
+    return r !== null && Object.keys(r).some((name) => !this.s.pools.some((p) => p.name === name && !p.leaving));
+  }
+
+  /** Every volume reported in sync with the peer after `since` (facts come on change: older ones may be stale): the peer runs and has our writes. */
+  allInSyncSince(since: number): boolean {
+    const pools = this.s.pools.filter((p) => !p.leaving);
+    return pools.length > 0 && pools.every((p) => this.volumesOf(p.name).every((v) => this.s.volumes[v]?.inSync === true && (this.s.factsAt[v] ?? -Infinity) > since));
+  }
+
+  /**
+   * The peer's newest state holds exactly our records: it has adopted every change of owner we made.
+   * A pool it has no record of (its configuration is behind or ahead of ours) it cannot serve, so it
+   * does not count.
+   */
   peerAgrees(): boolean {
     const r = this.s.peer.records;
-    return r !== null && this.s.pools.every((p) => r[p.name]?.owner === p.owner && r[p.name]?.term === p.term);
+    return r !== null && this.s.pools.every((p) => p.leaving || r[p.name] === undefined || (r[p.name]?.owner === p.owner && r[p.name]?.term === p.term));
   }
 
   // ------------------------------------------------------------------ pool operations

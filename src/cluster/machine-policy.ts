@@ -3,10 +3,13 @@
 // the end of every step, so every decision is re-derived from the state:
 // timers are deadlines compared with the event's `now`, never callbacks.
 import type { Ctx } from './machine-context';
-import { leaseExpiresAt } from './machine-state';
+import { leaseExpiresAt, type PoolState } from './machine-state';
+
+export const EXPORTED_REASON = 'exported: released, its data kept; import it (control managed) to serve it again';
 
 export function reconcile(c: Ctx): void {
   startWait(c);
+  metPeer(c);
   leases(c);
   fenceSuspensions(c);
   requests(c);
@@ -21,7 +24,27 @@ function startWait(c: Ctx): void {
   c.set({ startWaitOver: true });
   c.log('warn', 'peer-not-seen', s.peer.up
     ? `${c.cfg.peer} sends heartbeats but its state has not arrived within ${c.cfg.startWaitMs} ms: waiting for it (a live peer is never taken over)`
-    : `${c.cfg.peer} not met within ${c.cfg.startWaitMs} ms of the start: acting on policy ${c.cfg.policy} as if it went down`);
+    : !c.mayActAlone
+      ? `${c.cfg.peer} not met within ${c.cfg.startWaitMs} ms of the start: policy fence, but nothing shows this node's copies are the newest: ` +
+        'no fence; waiting for it or an operator'
+      : `${c.cfg.peer} not met within ${c.cfg.startWaitMs} ms of the start: acting on policy ${c.cfg.policy} as if it went down`);
+}
+
+/**
+ * Policy fence: this node's copies are the newest only until the peer runs again. Once it comes
+ * up, or its state arrives, or the copies report in sync after the fence, it may meet this node
+ * (perhaps before this node hears of it) and then take over by the normal rules; a later start
+ * without meeting it waits. (The peer-up and state handlers clear the flag first thing in their step.)
+ */
+function metPeer(c: Ctx): void {
+  const since = c.s.aloneAfterFenceAt;
+  if (c.s.aloneAfterFence && since !== null && c.allInSyncSince(since)) clearAloneAfterFence(c, `in sync with ${c.cfg.peer} again`);
+}
+
+export function clearAloneAfterFence(c: Ctx, why: string): void {
+  if (!c.s.aloneAfterFence) return;
+  c.set({ aloneAfterFence: false, aloneAfterFenceAt: null });
+  c.log('info', 'alone-after-fence-cleared', `${why}: no longer known to hold the newest copies; a start without meeting ${c.cfg.peer} will wait for it`);
 }
 
 /**
@@ -42,7 +65,7 @@ function leases(c: Ctx): void {
   if (until === null) return;
   const proof = Math.max(c.s.acks.witness ?? -Infinity, c.s.acks.grant ?? -Infinity);
   for (const p of c.s.pools) {
-    if (p.owner !== c.cfg.self) continue;
+    if (p.owner !== c.cfg.self || !c.managed(p)) continue;
     if (p.phase === 'ACTIVE' && !c.maintenance && c.now >= until) {
       c.suspend(p.name, 'lease', `lease lost: neither the peer nor the witness heard this node for leaseMs (${c.cfg.leaseMs} ms)`);
     } else if (p.phase === 'SUSPENDED' && p.suspended !== null && p.suspended.cause !== 'fence' && proof > p.suspended.at && c.now < until) {
@@ -59,7 +82,7 @@ function leases(c: Ctx): void {
 function fenceSuspensions(c: Ctx): void {
   if (!c.present) return;
   for (const p of c.s.pools) {
-    if (p.suspended?.cause !== 'fence' || p.owner !== c.cfg.self) continue;
+    if (p.suspended?.cause !== 'fence' || p.owner !== c.cfg.self || !c.managed(p)) continue;
     if (c.volumesOf(p.name).every((v) => c.s.volumes[v]?.connected === true)) c.resume(p.name, `${c.cfg.peer} is back and takes the writes again`);
   }
 }
@@ -70,7 +93,8 @@ function fenceSuspensions(c: Ctx): void {
  * claiming for it would only take the cluster down.
  */
 function wanted(c: Ctx): string[] {
-  return c.s.pools.filter((p) => (p.owner === c.cfg.peer || (!p.awaitOperator && (p.phase === 'ORPHANED' || p.phase === 'TAKING-OVER' || p.phase === 'STANDBY'))) &&
+  const notActive = (p: PoolState): boolean => p.phase === 'ORPHANED' || p.phase === 'TAKING-OVER' || p.phase === 'STANDBY' || p.phase === 'EXPORTED';
+  return c.s.pools.filter((p) => c.managed(p) && c.heldByLeaving(p) === null && (p.owner === c.cfg.peer || (!p.awaitOperator && notActive(p))) &&
     c.notUpToDate(p.name) === null).map((p) => p.name);
 }
 
@@ -78,9 +102,11 @@ function requests(c: Ctx): void {
   const s = c.s;
   const due = (at: number | null): boolean => at === null || c.now >= at;
   if (c.cfg.policy === 'fence' && s.fence === null) {
-    const forAlone = s.heldAlone.some((h) => h.waitFor === 'fence');
-    const forTakeover = !c.maintenance && c.absent && !s.peerFenced && wanted(c).length > 0;
-    const forSuspended = !c.maintenance && !c.present && !s.peerFenced && s.pools.some((p) => p.suspended?.cause === 'fence');
+    // an isolated node does not fence: it may be the side that is cut off, and would take down the one that serves
+    if (c.isolated) c.denyHeld((h) => h.waitFor === 'fence', c.isolationReason('not fencing'));
+    const forAlone = c.s.heldAlone.some((h) => h.waitFor === 'fence');
+    const forTakeover = !c.maintenance && !c.isolated && c.mayActAlone && c.absent && !s.peerFenced && wanted(c).length > 0;
+    const forSuspended = !c.maintenance && !c.isolated && !c.present && !s.peerFenced && s.pools.some((p) => c.managed(p) && p.suspended?.cause === 'fence');
     // a write waiting for the answer does not wait for the retry timer as well
     if (forAlone) c.startFence('a write must be acknowledged without the peer');
     else if ((forTakeover || forSuspended) && due(s.fenceRetryAt)) {
@@ -88,7 +114,7 @@ function requests(c: Ctx): void {
     }
   }
   if (c.cfg.policy === 'witness') {
-    if (!c.maintenance && c.absent && wanted(c).length > 0 && s.claimReadyAt === null && s.witness.claim === undefined && due(s.claimRetryAt)) {
+    if (!c.maintenance && !c.isolated && c.absent && wanted(c).length > 0 && s.claimReadyAt === null && s.witness.claim === undefined && due(s.claimRetryAt)) {
       c.set({ claimRetryAt: null });
       c.askWitness('claim', `${c.cfg.peer} is down and owns pools this node must serve`);
     }
@@ -100,8 +126,19 @@ function requests(c: Ctx): void {
 
 function settlePool(c: Ctx, name: string): void {
   const p = c.p(name);
-  if (p.phase === 'ACTIVATING' || p.phase === 'DEACTIVATING') return;
+  if (p.leaving || p.phase === 'ACTIVATING' || p.phase === 'DEACTIVATING') return;
+  // unmanaged: left as it is, whatever it is
+  if (p.control === 'unmanaged') return;
+  if (p.control === 'exported') {
+    if (p.phase === 'ACTIVE' || p.phase === 'SUSPENDED') return c.deactivate(name, { kind: 'export' }, null);
+    if (p.phase === 'EXPORTED') return;
+    c.setPool(name, { awaitOperator: false, conflict: false, suspended: null });
+    return c.setPhase(name, 'EXPORTED', EXPORTED_REASON);
+  }
   const { self, peer, policy } = c.cfg;
+  if (p.confirmAfter !== null && c.s.peer.states > p.confirmAfter) c.setPool(name, { confirmAfter: null });
+  const held = p.phase === 'ACTIVE' || p.phase === 'SUSPENDED' ? null : c.heldByLeaving(p);
+  if (held !== null) return c.setPhase(name, 'ORPHANED', `volume ${held.volume} is still being released by pool ${held.pool}, which left the configuration`);
   if (p.owner === peer) {
     if (p.conflict && (p.phase === 'ACTIVE' || p.phase === 'SUSPENDED')) return;
     if (p.phase === 'ACTIVE' || p.phase === 'SUSPENDED') {
@@ -117,23 +154,31 @@ function settlePool(c: Ctx, name: string): void {
       return;
     }
     if (c.maintenance) return c.setPhase(name, 'ORPHANED', `${peer} is down; maintenance: no takeover`);
+    if (c.isolated && policy !== 'none' && policy !== 'manual') return c.setPhase(name, 'ORPHANED', c.isolationReason('not taking over'));
     switch (policy) {
       case 'none': return c.setPhase(name, 'ORPHANED', `${peer} is down; policy none: no takeover`);
       case 'manual': return c.setPhase(name, 'ORPHANED', 'waiting for an operator: tandem promote');
       case 'ignore': return c.takeover(name, `${peer} is down; policy ignore`);
-      case 'fence': return c.s.peerFenced ? c.takeover(name, `${peer} was fenced`) : obtain(c, name, waitFence);
+      case 'fence':
+        if (!c.mayActAlone) return c.setPhase(name, 'ORPHANED', c.unmetReason('not taking over'));
+        return c.s.peerFenced ? c.takeover(name, `${peer} was fenced`) : obtain(c, name, waitFence);
       case 'witness': return claimReady(c) ? c.takeover(name, 'the witness granted CLAIM and the peer\'s lease has run out') : obtain(c, name, waitClaim);
     }
   }
   if (p.owner !== self || p.phase === 'ACTIVE' || p.phase === 'SUSPENDED' || p.awaitOperator) return;
+  if (c.present && c.p(name).confirmAfter !== null) return c.setPhase(name, 'ORPHANED', `waiting for ${peer}'s state since the configuration changed: it may have taken the pool over`);
+  if (c.present && !c.peerKnows(name)) return c.setPhase(name, 'ORPHANED', `waiting for ${peer} to have pool ${name} in its configuration (its state has no record of it)`);
   if (c.present) return c.activateChecked(name);
   if (c.s.peer.up) return c.setPhase(name, 'ORPHANED', `${peer} sends heartbeats but its state has not arrived: waiting for it`);
   if (!c.absent) return c.setPhase(name, 'ORPHANED', `waiting up to ${c.cfg.startWaitMs} ms to meet ${peer}`);
   if (c.maintenance) return c.setPhase(name, 'ORPHANED', `${peer} is ${c.s.peer.met ? 'down' : 'not seen'}; maintenance: not activating without it`);
+  if (c.isolated && policy !== 'none') return c.setPhase(name, 'ORPHANED', c.isolationReason(`not activating without ${peer}`));
   switch (policy) {
     case 'none': return c.setPhase(name, 'ORPHANED', `${c.s.peer.met ? `${peer} is down` : 'peer not seen'}; policy none: an operator must promote`);
     case 'ignore': case 'manual': return c.activateChecked(name);
-    case 'fence': return c.s.peerFenced ? c.activateChecked(name) : obtain(c, name, waitFence);
+    case 'fence':
+      if (!c.mayActAlone) return c.setPhase(name, 'ORPHANED', c.unmetReason('not activating'));
+      return c.s.peerFenced ? c.activateChecked(name) : obtain(c, name, waitFence);
     case 'witness': return claimReady(c) ? c.activateChecked(name) : obtain(c, name, waitClaim);
   }
 }
@@ -167,7 +212,8 @@ function waitClaim(c: Ctx, name: string): void {
 function clears(c: Ctx): void {
   if (c.cfg.policy !== 'witness' || !c.allInSync()) return;
   if (c.s.aloneGranted) c.set({ aloneGranted: false });
-  if (!c.present || !(c.s.clearRetryAt === null || c.now >= c.s.clearRetryAt)) return;
+  // a pool the peer still has and this node removed may hold writes it never took: its flag keeps it out
+  if (!c.present || c.peerHasOtherPools() || !(c.s.clearRetryAt === null || c.now >= c.s.clearRetryAt)) return;
   if (c.s.clearAlone !== null && c.s.witness['clear-alone'] === undefined) c.askWitness('clear-alone', `in sync with ${c.cfg.peer} again: its copies are no longer outdated`);
   // only once the peer has adopted our records: cleared earlier, it could renew and resume a pool we took over
   if (c.s.clearFenced !== null && c.s.witness['clear-fenced'] === undefined && c.peerAgrees()) {
@@ -178,8 +224,9 @@ function clears(c: Ctx): void {
 function failback(c: Ctx): void {
   if (c.maintenance || !c.present) return;
   for (const spec of c.cfg.pools) {
-    const p = c.p(spec.name);
-    if (!spec.autoFailback || spec.preferredNode !== c.cfg.peer || p.owner !== c.cfg.self || p.phase !== 'ACTIVE') continue;
+    const p = c.pool(spec.name);
+    if (p === undefined || !c.managed(p)) continue;
+    if (!spec.autoFailback || spec.preferredNode !== c.cfg.peer || p.owner !== c.cfg.self || p.phase !== 'ACTIVE' || !c.peerKnows(p.name)) continue;
     if (c.inSync(spec.name) !== null) continue;
     c.log('info', 'failback', `pool ${spec.name}: ${c.cfg.peer} is its preferred node and is in sync again: handing it back`);
     c.deactivate(spec.name, { kind: 'swap' }, null);

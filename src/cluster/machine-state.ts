@@ -3,7 +3,7 @@
 // machine never mutates a state, it returns a new one.
 import { CodedError } from '../util/coded-error';
 import type {
-  FencingPolicy, MachineConfig, PersistedState, PoolPhase, PoolRecord, PoolView, VolumeFacts, WitnessRequest,
+  FencingPolicy, MachineConfig, PersistedState, PoolControl, PoolPhase, PoolRecord, PoolSpec, PoolView, VolumeFacts, WitnessRequest,
 } from './machine-types';
 
 export class MachineConfigError extends CodedError<'ERR_MACHINE_CONFIG'> {
@@ -17,7 +17,13 @@ export type SuspendCause = 'lease' | 'alone' | 'fence';
 export type Deactivation =
   | { readonly kind: 'standby' }
   | { readonly kind: 'await-operator'; readonly reason: string }
-  | { readonly kind: 'swap' };
+  | { readonly kind: 'swap' }
+  /** an INACTIVE pool handed to the peer by the operator's reattach: on abort it is INACTIVE again */
+  | { readonly kind: 'reattach' }
+  /** control 'exported': EXPORTED once released */
+  | { readonly kind: 'export' }
+  /** the pool left the configuration: forgotten once released */
+  | { readonly kind: 'remove' };
 
 export interface PoolState {
   readonly name: string;
@@ -38,6 +44,19 @@ export interface PoolState {
    * side keeps serving although the peer holds the higher term, until an operator demotes one side
    */
   readonly conflict: boolean;
+  /** as the configuration says (PoolSpec.volumes; for a pool leaving it, as it said) */
+  readonly volumes: readonly string[];
+  /** as the configuration says (PoolSpec.control, absent = managed) */
+  readonly control: PoolControl;
+  /** the pool left the configuration but is still being released here (ACTIVATING or DEACTIVATING); forgotten once released */
+  readonly leaving: boolean;
+  /**
+   * The configuration added the pool, or gave it back to the cluster (import, manage): with the
+   * peer present, it is activated here only on a state from the peer that arrived after that
+   * (PeerState.states above this count), as at a meeting: heartbeats may go on after the sync
+   * link broke, and the peer may have taken the pool over meanwhile. Null: no such wait.
+   */
+  readonly confirmAfter: number | null;
 }
 
 export interface PeerState {
@@ -53,6 +72,8 @@ export interface PeerState {
   readonly active: readonly string[];
   /** it was up with its state arrived at least once since this machine started: the start wait is over */
   readonly met: boolean;
+  /** how many 'state' messages arrived since this machine started */
+  readonly states: number;
 }
 
 /** A fence or witness request the daemon is carrying out. */
@@ -113,12 +134,23 @@ export interface MachineState {
   readonly startWaitOver: boolean;
   /** when our state last went to the peer: it goes again every leaseMs while the peer is up */
   readonly stateSentAt: number | null;
+  /** the daemon's gateway check: while isolated, nothing is taken over, fenced, claimed or activated without the peer */
+  readonly isolation: { readonly isolated: boolean; readonly detail: string; readonly since: number | null };
+  /** persisted (PersistedState.aloneAfterFence): this node fenced the peer and has served alone since they last met */
+  readonly aloneAfterFence: boolean;
+  /** when it was set (or the start, when it was loaded): only in-sync facts reported after that clear it */
+  readonly aloneAfterFenceAt: number | null;
 }
+
+const CONTROLS: readonly PoolControl[] = ['managed', 'unmanaged', 'exported'];
+
+export const controlOf = (spec: PoolSpec): PoolControl => spec.control ?? 'managed';
 
 const positive = (v: number): boolean => Number.isFinite(v) && v > 0;
 const nonNegative = (v: number): boolean => Number.isFinite(v) && v >= 0;
 
-function checkConfig(c: MachineConfig): void {
+/** Throws MachineConfigError for a configuration the machine cannot run (initialState and 'reconfigure' check it). */
+export function checkMachineConfig(c: MachineConfig): void {
   const bad = (why: string): never => { throw new MachineConfigError('ERR_MACHINE_CONFIG', why); };
   if (c.self === '' || c.peer === '' || c.self === c.peer) bad(`self and peer must be two different names, not ${JSON.stringify(c.self)} and ${JSON.stringify(c.peer)}`);
   for (const k of ['leaseMs', 'fenceRetryMs', 'claimRetryMs', 'witnessTimeoutMs'] as const) if (!positive(c[k])) bad(`${k} must be above 0, not ${c[k]}`);
@@ -130,6 +162,7 @@ function checkConfig(c: MachineConfig): void {
     pools.add(p.name);
     if (p.preferredNode !== c.self && p.preferredNode !== c.peer) bad(`pool ${p.name}: preferredNode ${JSON.stringify(p.preferredNode)} is neither ${c.self} nor ${c.peer}`);
     if (p.volumes.length === 0) bad(`pool ${p.name} has no volumes`);
+    if (p.control !== undefined && !CONTROLS.includes(p.control)) bad(`pool ${p.name}: control ${JSON.stringify(p.control)} is not one of ${CONTROLS.join(', ')}`);
     for (const v of p.volumes) {
       if (volumes.has(v)) bad(`volume ${JSON.stringify(v)} is listed twice (a volume belongs to one pool)`);
       volumes.add(v);
@@ -139,18 +172,15 @@ function checkConfig(c: MachineConfig): void {
 
 /** The state before the 'start' event; throws MachineConfigError for a configuration the machine cannot run. */
 export function initialState(config: MachineConfig): MachineState {
-  checkConfig(config);
+  checkMachineConfig(config);
   return {
     started: false,
     startedAt: 0,
     maintenance: false,
     peerMaintenance: false,
-    peer: { up: false, incarnation: null, lastHeardAt: null, stateSinceUp: false, records: null, active: [], met: false },
+    peer: { up: false, incarnation: null, lastHeardAt: null, stateSinceUp: false, records: null, active: [], met: false, states: 0 },
     links: null,
-    pools: config.pools.map((p) => ({
-      name: p.name, owner: p.preferredNode, term: 0, phase: 'ORPHANED', reason: 'the cluster machine has not started',
-      awaitOperator: false, suspended: null, deactivation: null, deactivateWhenActivated: false, commandId: null, conflict: false,
-    })),
+    pools: config.pools.map((p) => ({ ...newPoolState(p, p.preferredNode, 0), phase: 'ORPHANED', reason: 'the cluster machine has not started' })),
     volumes: {},
     factsAt: {},
     aloneAskedAt: {},
@@ -172,6 +202,18 @@ export function initialState(config: MachineConfig): MachineState {
     clearFenced: null,
     startWaitOver: false,
     stateSentAt: null,
+    isolation: { isolated: false, detail: '', since: null },
+    aloneAfterFence: false,
+    aloneAfterFenceAt: null,
+  };
+}
+
+/** A pool's state before anything happened to it: the caller sets the phase it starts in. */
+export function newPoolState(spec: PoolSpec, owner: string, term: number): PoolState {
+  return {
+    name: spec.name, owner, term, phase: 'STANDBY', reason: null,
+    awaitOperator: false, suspended: null, deactivation: null, deactivateWhenActivated: false, commandId: null, conflict: false,
+    volumes: spec.volumes, control: controlOf(spec), leaving: false, confirmAfter: null,
   };
 }
 
@@ -179,11 +221,12 @@ export function initialState(config: MachineConfig): MachineState {
 export function persistedOf(state: MachineState): PersistedState {
   const pools: Record<string, { owner: string; term: number }> = {};
   for (const p of state.pools) pools[p.name] = { owner: p.owner, term: p.term };
-  return { pools, maintenance: state.maintenance };
+  // written only when set: state files without it stay as they were
+  return state.aloneAfterFence ? { pools, maintenance: state.maintenance, aloneAfterFence: true } : { pools, maintenance: state.maintenance };
 }
 
 export function samePersisted(a: PersistedState, b: PersistedState): boolean {
-  if (a.maintenance !== b.maintenance) return false;
+  if (a.maintenance !== b.maintenance || (a.aloneAfterFence ?? false) !== (b.aloneAfterFence ?? false)) return false;
   const ka = Object.keys(a.pools);
   if (ka.length !== Object.keys(b.pools).length) return false;
   return ka.every((k) => {
@@ -194,7 +237,7 @@ export function samePersisted(a: PersistedState, b: PersistedState): boolean {
 }
 
 export function poolViews(state: MachineState): PoolView[] {
-  return state.pools.map((p) => ({ name: p.name, owner: p.owner, term: p.term, phase: p.phase, reason: p.reason }));
+  return state.pools.map((p) => ({ name: p.name, owner: p.owner, term: p.term, phase: p.phase, reason: p.reason, control: p.control }));
 }
 
 /**
@@ -221,6 +264,10 @@ export interface ClusterView {
     readonly lastHeardAt: number | null;
     readonly fenced: boolean;
   };
+  /** the gateway check (isolation event); since: when it last changed to isolated */
+  readonly isolation: { readonly isolated: boolean; readonly detail: string; readonly since: number | null };
+  /** policy fence: this node fenced the peer and has served alone since they last met (persisted) */
+  readonly aloneAfterFence: boolean;
   /** null until the heartbeat layer reported links; warning when some but not all are down */
   readonly links: { readonly up: number; readonly total: number; readonly warning: string | null } | null;
   readonly maintenance: { readonly self: boolean; readonly peer: boolean; readonly effective: boolean };
@@ -240,6 +287,8 @@ export function clusterView(config: MachineConfig, state: MachineState): Cluster
     started: state.started,
     policy: config.policy,
     peer: { name: config.peer, up: state.peer.up, met: state.peer.up && state.peer.stateSinceUp, lastHeardAt: state.peer.lastHeardAt, fenced: state.peerFenced },
+    isolation: state.isolation,
+    aloneAfterFence: state.aloneAfterFence,
     links: l === null ? null : {
       up: l.up, total: l.total,
       warning: l.up > 0 && l.up < l.total ? `${l.total - l.up} of ${l.total} heartbeat links down` : null,

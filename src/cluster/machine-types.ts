@@ -5,12 +5,23 @@ import type { DiskState } from '../storage/metadata';
 
 export type FencingPolicy = 'none' | 'ignore' | 'manual' | 'fence' | 'witness';
 
+/**
+ * Who runs a pool:
+ * - managed: the cluster machine (the default)
+ * - unmanaged: nobody; the machine leaves the pool as it is (its services keep running) and
+ *   neither activates, deactivates, suspends, takes over, fails back, fences nor claims for it
+ * - exported: stopped and released on both nodes, its data kept; never activated until managed again
+ */
+export type PoolControl = 'managed' | 'unmanaged' | 'exported';
+
 export interface PoolSpec {
   readonly name: string;
   readonly volumes: readonly string[];
   /** the node that owns the pool when the cluster is new; with autoFailback, where it returns */
   readonly preferredNode: string;
   readonly autoFailback: boolean;
+  /** absent: managed */
+  readonly control?: PoolControl;
 }
 
 export interface MachineConfig {
@@ -39,6 +50,12 @@ export interface PoolRecord {
 export interface PersistedState {
   readonly pools: Readonly<Record<string, PoolRecord>>;
   readonly maintenance: boolean;
+  /**
+   * Policy fence: this node fenced its peer and has served without it since they last met, so its
+   * copies are the newest. Only then may a node that restarts and does not meet its peer within
+   * startWaitMs fence it and act alone. Absent (older state files): false.
+   */
+  readonly aloneAfterFence?: boolean;
 }
 
 /**
@@ -52,8 +69,9 @@ export interface PersistedState {
  *   Also a pool owned here that nothing will activate by itself: still waiting to meet the peer at start,
  *   demoted by the operator, or dropped by policy `none` (`reason` says which)
  * - INACTIVE: owned here but activation failed; `reason` says why
+ * - EXPORTED: control 'exported': released here (volumes SECONDARY), never activated until imported
  */
-export type PoolPhase = 'ACTIVE' | 'ACTIVATING' | 'DEACTIVATING' | 'SUSPENDED' | 'STANDBY' | 'TAKING-OVER' | 'ORPHANED' | 'INACTIVE';
+export type PoolPhase = 'ACTIVE' | 'ACTIVATING' | 'DEACTIVATING' | 'SUSPENDED' | 'STANDBY' | 'TAKING-OVER' | 'ORPHANED' | 'INACTIVE' | 'EXPORTED';
 
 /** Per volume facts the replicas report (on change). */
 export interface VolumeFacts {
@@ -79,6 +97,11 @@ export type Command =
   | { readonly kind: 'promote'; readonly pool: string; readonly force: boolean }
   | { readonly kind: 'demote'; readonly pool: string }
   | { readonly kind: 'swap'; readonly pool: string }
+  /**
+   * An INACTIVE pool (its activation failed), asked of its owner: node = this node activates it again
+   * now; node = the peer (present, the pool in sync) gets it handed over as with swap
+   */
+  | { readonly kind: 'reattach'; readonly pool: string; readonly node: string }
   | { readonly kind: 'maintenance'; readonly on: boolean };
 
 export type WitnessRequest = 'claim' | 'alone' | 'clear-alone' | 'clear-fenced';
@@ -111,7 +134,18 @@ export type MachineEvent =
   }
   /** a replica must acknowledge a write the peer did not take: may it? answered by an 'alone-decision' */
   | { readonly type: 'alone-request'; readonly now: number; readonly volume: string; readonly id: number }
-  | { readonly type: 'command'; readonly now: number; readonly id: number; readonly command: Command };
+  | { readonly type: 'command'; readonly now: number; readonly id: number; readonly command: Command }
+  /**
+   * The configuration's pools changed: this step's config is the new one (and so is every later
+   * step's). Pools are added, removed (after their deactivation here) and change control.
+   */
+  | { readonly type: 'reconfigure'; readonly now: number }
+  /**
+   * The result of pinging the configured gateway addresses changed: isolated = none answers. While
+   * isolated the machine takes nothing over, starts no fence and no CLAIM, and activates nothing
+   * without the peer (it may be the isolated side); pools active here stay active.
+   */
+  | { readonly type: 'isolation'; readonly now: number; readonly isolated: boolean; readonly detail: string };
 
 export type MachineAction =
   /** promote the pool's volumes, then start its exports; answer with 'activated' */
@@ -137,6 +171,7 @@ export interface PoolView {
   readonly owner: string;
   readonly term: number;
   readonly phase: PoolPhase;
-  /** why the pool is SUSPENDED, ORPHANED or INACTIVE */
+  /** why the pool is SUSPENDED, ORPHANED, INACTIVE or EXPORTED */
   readonly reason: string | null;
+  readonly control: PoolControl;
 }

@@ -4,11 +4,15 @@
 // every step returns a new state and the actions the daemon carries out, in
 // order ('persist' first whenever the persisted records changed).
 import { Ctx } from './machine-context';
-import { reconcile } from './machine-policy';
-import { leaseExpiresAt, persistedOf, samePersisted, type MachineState } from './machine-state';
-import type { Command, MachineAction, MachineConfig, MachineEvent, PeerMessage, PersistedState, PoolRecord, WitnessRequest } from './machine-types';
+import { clearAloneAfterFence, EXPORTED_REASON, reconcile } from './machine-policy';
+import {
+  checkMachineConfig, controlOf, leaseExpiresAt, MachineConfigError, newPoolState, persistedOf, samePersisted, type MachineState, type PoolState,
+} from './machine-state';
+import type {
+  Command, MachineAction, MachineConfig, MachineEvent, PeerMessage, PersistedState, PoolRecord, PoolSpec, WitnessRequest,
+} from './machine-types';
 
-export { clusterView, initialState, leaseExpiresAt, MachineConfigError, persistedOf, poolViews } from './machine-state';
+export { checkMachineConfig, clusterView, initialState, leaseExpiresAt, MachineConfigError, persistedOf, poolViews } from './machine-state';
 export type { ClusterView, MachineState, PoolState } from './machine-state';
 
 export interface StepResult {
@@ -26,7 +30,12 @@ export function step(config: MachineConfig, state: MachineState, event: MachineE
   try {
     if (event.type === 'start') start(c, event.persisted);
     else if (!state.started) throw new Invalid('not-started', `${event.type} before start`);
-    else handle(c, event);
+    else {
+      // the configuration may come with any event: whatever changed is taken before the event itself
+      // ('reconfigure' refuses one the machine cannot run; with another event it is left for later)
+      if (event.type === 'reconfigure' || (configChanged(config, state) && configProblem(c) === null)) reconfigure(c);
+      handle(c, event);
+    }
   } catch (e) {
     if (!(e instanceof Invalid)) throw e;
     // the caller is still owed an answer; nothing else changes
@@ -67,32 +76,178 @@ function handle(c: Ctx, e: Exclude<MachineEvent, { type: 'start' }>): void {
     case 'witness-reply': return witnessReply(c, e.request, e.granted, e.reason, e.seq);
     case 'alone-request': return aloneRequest(c, e.volume, e.id);
     case 'command': return command(c, e.id, e.command);
+    case 'reconfigure': return; // taken before the event (see step)
+    case 'isolation': return isolation(c, e.isolated, e.detail);
   }
 }
 
 // ---------------------------------------------------------------------------- start, clock, peer
 
+/** A pool as it starts (at the machine's start, or when the configuration adds it), in the phase its control and owner give. */
+function startingPool(c: Ctx, spec: PoolSpec, rec: PoolRecord): PoolState {
+  const p = newPoolState(spec, rec.owner, rec.term);
+  const own = rec.owner === c.cfg.self;
+  switch (p.control) {
+    case 'exported': return { ...p, phase: 'EXPORTED', reason: EXPORTED_REASON };
+    case 'unmanaged': return { ...p, phase: own ? 'ORPHANED' : 'STANDBY', reason: own ? 'unmanaged: the cluster leaves it as it is' : null };
+    case 'managed': return { ...p, phase: own ? 'ORPHANED' : 'STANDBY', reason: own ? `waiting up to ${c.cfg.startWaitMs} ms to meet ${c.cfg.peer}` : null };
+  }
+}
+
 function start(c: Ctx, persisted: PersistedState | null): void {
   if (c.s.started) throw new Invalid('already-started', 'a second start');
   const { self, peer } = c.cfg;
-  const pools = c.s.pools.map((p) => {
-    const spec = c.cfg.pools.find((x) => x.name === p.name);
-    const r = persisted?.pools[p.name];
-    let rec: PoolRecord = { owner: spec?.preferredNode ?? p.owner, term: 1 };
+  // from the configuration of this step: it may have changed since initialState
+  const pools = c.cfg.pools.map((spec) => {
+    const r = persisted?.pools[spec.name];
+    let rec: PoolRecord = { owner: spec.preferredNode, term: 1 };
     if (r !== undefined && (r.owner === self || r.owner === peer) && Number.isSafeInteger(r.term) && r.term >= 0) rec = r;
-    else if (r !== undefined) c.log('error', 'persisted-invalid', `pool ${p.name}: persisted record ${JSON.stringify(r)} is not usable; starting from ${rec.owner} at term ${rec.term}`);
-    const own = rec.owner === self;
-    return { ...p, ...rec, phase: own ? 'ORPHANED' as const : 'STANDBY' as const, reason: own ? `waiting up to ${c.cfg.startWaitMs} ms to meet ${peer}` : null };
+    else if (r !== undefined) c.log('error', 'persisted-invalid', `pool ${spec.name}: persisted record ${JSON.stringify(r)} is not usable; starting from ${rec.owner} at term ${rec.term}`);
+    return startingPool(c, spec, rec);
   });
   for (const name of Object.keys(persisted?.pools ?? {})) {
     if (!c.cfg.pools.some((p) => p.name === name)) c.log('warn', 'persisted-unknown-pool', `pool ${name} is persisted but no longer configured: forgotten`);
   }
   c.set({
     started: true, startedAt: c.now, pools, maintenance: persisted?.maintenance ?? false,
+    // only policy fence reads it; a state file that says anything but true says false
+    aloneAfterFence: c.cfg.policy === 'fence' && persisted?.aloneAfterFence === true,
+    aloneAfterFenceAt: c.cfg.policy === 'fence' && persisted?.aloneAfterFence === true ? c.now : null,
     // unknown after a restart: one CLEAR each at the first meeting in sync
     clearAlone: c.cfg.policy === 'witness' ? 0 : null, clearFenced: c.cfg.policy === 'witness' ? 0 : null,
   });
-  c.log('info', 'start', `started (${c.cfg.policy} policy${c.s.maintenance ? ', maintenance' : ''}): ${pools.map((p) => `${p.name} owned by ${p.owner} at term ${p.term}`).join(', ')}`);
+  const control = (p: PoolState): string => (p.control === 'managed' ? '' : `, ${p.control}`);
+  c.log('info', 'start', `started (${c.cfg.policy} policy${c.s.maintenance ? ', maintenance' : ''}${c.s.aloneAfterFence ? `, ${peer} fenced by this node since they last met` : ''}): ` +
+    `${pools.map((p) => `${p.name} owned by ${p.owner} at term ${p.term}${control(p)}`).join(', ') || 'no pools'}`);
+}
+
+// ---------------------------------------------------------------------------- the configuration changes
+
+/** Whether the configuration's pools (names and order, volumes, control) differ from the state's. */
+function configChanged(config: MachineConfig, state: MachineState): boolean {
+  const live = state.pools.filter((p) => !p.leaving);
+  if (live.length !== config.pools.length) return true;
+  return config.pools.some((spec, i) => {
+    const p = live[i];
+    return p === undefined || p.name !== spec.name || p.control !== controlOf(spec) ||
+      p.volumes.length !== spec.volumes.length || p.volumes.some((v, j) => spec.volumes[j] !== v);
+  });
+}
+
+/** Why the machine cannot take this step's configuration, or null. */
+function configProblem(c: Ctx): string | null {
+  try {
+    checkMachineConfig(c.cfg);
+  } catch (e) {
+    if (e instanceof MachineConfigError) return e.message;
+    throw e;
+  }
+  const { self, peer } = c.cfg;
+  const stranger = c.s.pools.find((p) => p.owner !== self && p.owner !== peer);
+  if (stranger !== undefined) return `it names ${self} and ${peer}, but pool ${stranger.name} is owned by ${stranger.owner}: only pools may change without a restart`;
+  return null;
+}
+
+/**
+ * Takes the configuration's pools: a new pool starts as at the machine's start (owned by its
+ * preferred node at term 1, or by the peer's record if that is higher); a pool that left is
+ * forgotten, after its deactivation if it is active here; a change of control is logged and
+ * acted on by the policy at the end of the step. The state's pools follow the configuration's
+ * order, then the pools still being released.
+ */
+function reconfigure(c: Ctx): void {
+  const problem = configProblem(c);
+  if (problem !== null) throw new Invalid('reconfigure-invalid', `the new configuration: ${problem}`);
+  const old = new Map(c.s.pools.map((p) => [p.name, p]));
+  const configured = new Set(c.cfg.pools.map((p) => p.name));
+  const added: string[] = [];
+  const back: string[] = [];
+  const controls: Array<{ name: string; from: PoolState['control'] }> = [];
+  const pools: PoolState[] = c.cfg.pools.map((spec) => {
+    const p = old.get(spec.name);
+    if (p === undefined) {
+      added.push(spec.name);
+      return { ...startingPool(c, spec, { owner: spec.preferredNode, term: 1 }), confirmAfter: c.s.peer.states };
+    }
+    if (p.leaving) back.push(spec.name);
+    else if (p.control !== controlOf(spec)) controls.push({ name: spec.name, from: p.control });
+    const regained = p.control !== 'managed' && controlOf(spec) === 'managed';
+    return { ...p, volumes: spec.volumes, control: controlOf(spec), leaving: false, confirmAfter: regained ? c.s.peer.states : p.confirmAfter };
+  });
+  const removed = c.s.pools.filter((p) => !configured.has(p.name) && !p.leaving).map((p) => p.name);
+  c.set({ pools: [...pools, ...c.s.pools.filter((p) => !configured.has(p.name)).map((p) => ({ ...p, leaving: true }))] });
+  for (const name of added) {
+    const p = c.p(name);
+    c.log('info', 'pool-added', `pool ${name} joined the configuration: owned by ${p.owner} at term ${p.term}${p.control === 'managed' ? '' : `, ${p.control}`}`);
+    // the peer may have had it in its configuration first, and taken it over meanwhile
+    const r = c.s.peer.records?.[name];
+    if (r !== undefined) compareRecord(c, p, r);
+  }
+  for (const name of back) {
+    const p = c.p(name);
+    c.log('info', 'pool-added', `pool ${name} is back in the configuration while it was being released: it stays, owned by ${p.owner} at term ${p.term}`);
+    if (p.deactivation?.kind === 'remove') c.setPool(name, { deactivation: { kind: 'standby' } });
+  }
+  for (const { name, from } of controls) {
+    const p = c.p(name);
+    const to = p.control;
+    const event = to === 'unmanaged' ? 'pool-unmanaged' : to === 'exported' ? 'pool-exported' : from === 'exported' ? 'pool-imported' : 'pool-managed';
+    const what = to === 'unmanaged' ? `the cluster leaves it ${p.phase} and moves nothing until it is managed again`
+      : to === 'exported' ? 'released here and never activated until it is imported'
+        : `the normal rules apply again (owned by ${p.owner} at term ${p.term}, ${p.phase} here)`;
+    c.log('info', event, `pool ${name}: control ${from} → ${to}: ${what}`);
+    // a fence or CLAIM for it no longer happens: it is not about to be taken over
+    if (to === 'unmanaged' && p.phase === 'TAKING-OVER') c.setPhase(name, 'ORPHANED', 'unmanaged: no takeover');
+  }
+  for (const name of removed) removePool(c, name);
+}
+
+/** A pool left the configuration: everything waiting on it is answered; it is forgotten now, or once released. */
+function removePool(c: Ctx, name: string): void {
+  const p = c.p(name);
+  const why = `pool ${name} left the configuration`;
+  c.denyHeld((h) => h.pool === name, why);
+  if (p.commandId !== null) {
+    c.commandResult(p.commandId, false, why);
+    c.setPool(name, { commandId: null });
+  }
+  switch (p.phase) {
+    case 'ACTIVE': case 'SUSPENDED':
+      c.log('info', 'pool-removed', `${why}: releasing it here first`);
+      c.deactivate(name, { kind: 'remove' }, null);
+      return;
+    case 'ACTIVATING':
+      c.log('info', 'pool-removed', `${why}: releasing it here once its activation completes`);
+      return;
+    case 'DEACTIVATING':
+      c.log('info', 'pool-removed', `${why}: forgotten once its deactivation completes`);
+      c.setPool(name, { deactivation: { kind: 'remove' } });
+      return;
+    default:
+      c.log('info', 'pool-removed', `${why}: forgotten (it was ${p.phase} here)`);
+      forget(c, name);
+  }
+}
+
+/** Drops the pool from the state (and so from the persisted records), with the facts of volumes no other pool has. */
+function forget(c: Ctx, name: string): void {
+  c.denyHeld((h) => h.pool === name, `pool ${name} left the configuration`);
+  const p = c.p(name);
+  const pools = c.s.pools.filter((x) => x.name !== name);
+  const kept = new Set(pools.flatMap((x) => x.volumes));
+  const gone = new Set(p.volumes.filter((v) => !kept.has(v)));
+  const without = <T>(r: Readonly<Record<string, T>>): Record<string, T> => Object.fromEntries(Object.entries(r).filter(([k]) => !gone.has(k)));
+  c.set({ pools, volumes: without(c.s.volumes), factsAt: without(c.s.factsAt), aloneAskedAt: without(c.s.aloneAskedAt) });
+  c.log('info', 'pool-forgotten', `pool ${name}: forgotten here (owned by ${p.owner} at term ${p.term} when it left the configuration)`);
+}
+
+function isolation(c: Ctx, isolated: boolean, detail: string): void {
+  const was = c.s.isolation;
+  if (was.isolated === isolated && was.detail === detail) return;
+  c.set({ isolation: { isolated, detail, since: isolated ? (was.isolated ? was.since : c.now) : null } });
+  if (isolated === was.isolated) return;
+  if (isolated) c.log('warn', 'isolated', `this node cannot reach its gateway (${detail}): it may be the isolated side; no takeover, fence or CLAIM, and nothing activated without ${c.cfg.peer}`);
+  else c.log('info', 'isolation-cleared', `this node reaches its gateway again (${detail}): the normal rules apply`);
 }
 
 function tick(c: Ctx, peerAck: number | null, witnessAck: number | null): void {
@@ -108,6 +263,7 @@ function tick(c: Ctx, peerAck: number | null, witnessAck: number | null): void {
 function peerUp(c: Ctx, incarnation: number): void {
   const s = c.s;
   c.log('info', 'peer-up', `${c.cfg.peer} is up (incarnation ${incarnation})`);
+  clearAloneAfterFence(c, `${c.cfg.peer} is up`);
   // a fence or CLAIM started while the peer was gone no longer applies: its answer will be ignored
   if (s.fence !== null) c.log('info', 'fence-cancelled', 'the peer came back before the fence finished: its result will be ignored');
   if (s.witness.claim !== undefined || s.claimReadyAt !== null) c.log('info', 'claim-cancelled', 'the peer came back: no takeover');
@@ -138,32 +294,54 @@ function links(c: Ctx, up: number, total: number): void {
 // ---------------------------------------------------------------------------- the peer's messages
 
 function peerState(c: Ctx, m: Extract<PeerMessage, { kind: 'state' }>): void {
-  const { self, peer } = c.cfg;
+  const { peer } = c.cfg;
+  clearAloneAfterFence(c, `${peer}'s state arrived`);
   if (m.maintenance !== c.s.peerMaintenance) c.log('info', 'peer-maintenance', `${peer} ${m.maintenance ? 'is in' : 'left'} maintenance`);
   const up = c.s.peer.up;
-  c.set({ peerMaintenance: m.maintenance, peer: { ...c.s.peer, stateSinceUp: up, records: m.pools, active: m.active ?? [], met: c.s.peer.met || up } });
+  c.set({ peerMaintenance: m.maintenance, peer: { ...c.s.peer, stateSinceUp: up, records: m.pools, active: m.active ?? [], met: c.s.peer.met || up, states: c.s.peer.states + 1 } });
+  if (c.s.peerFenced) {
+    // it runs again (its heartbeats may not have come through yet): writes without it need a new fence
+    c.set({ peerFenced: false });
+    c.log('info', 'fence-over', `${peer}'s state arrived: it runs again, and is no longer taken for fenced`);
+  }
+  if (c.s.claimReadyAt !== null || c.s.witness.claim !== undefined) {
+    // nor is a CLAIM for a peer that was gone still a reason to take over: it may activate its pools as it meets
+    // this node, whatever the witness says (a grant still to come is remembered for CLEAR, as after peer-up)
+    c.forgetWitness('claim');
+    c.set({ claimReadyAt: null, claimRefusal: null, claimRetryAt: c.now + c.cfg.claimRetryMs });
+    c.log('info', 'claim-cancelled', `${peer}'s state arrived: it runs again; no takeover on the CLAIM asked while it was gone`);
+  }
   for (const name of Object.keys(m.pools)) {
     if (c.pool(name) === undefined) c.log('warn', 'peer-unknown-pool', `${peer} has a record for pool ${name}, which is not configured here`);
   }
   for (const p of c.s.pools) {
+    if (p.leaving) continue;
     const r = m.pools[p.name];
+    // the two configurations may differ for a while: a change reaches the nodes one after the other
     if (r === undefined) { c.log('warn', 'peer-missing-pool', `${peer} has no record for pool ${p.name}`); continue; }
-    if (r.owner !== self && r.owner !== peer) { c.log('error', 'peer-record-invalid', `${peer} says pool ${p.name} is owned by ${JSON.stringify(r.owner)}`); continue; }
-    if (r.term > p.term && r.owner === peer && p.owner === self && p.phase === 'ACTIVE' && !c.mirroring(p.name)) {
-      // both nodes accepted writes while apart (an operator promoted the other side, or `ignore`): stepping
-      // down now would not undo that. Both keep serving until an operator demotes one and resolves the split brain
-      c.setPool(p.name, { owner: peer, term: r.term, awaitOperator: false, conflict: true });
-      c.log('error', 'owner-conflict', `pool ${p.name}: ${peer} took it at term ${r.term} while this node was writing: split brain; demote one side and resolve`);
-    } else if (r.term > p.term) {
-      adopt(c, p.name, r, `${peer}'s record has the higher term`);
-    } else if (r.term === p.term && r.owner !== p.owner) {
-      // the mirroring layer's generations detect whatever the two wrote; here only the owner is settled
-      const winner = [self, peer].sort()[0] ?? self;
-      c.log('error', 'owner-conflict', `pool ${p.name}: both nodes record a different owner at term ${p.term}; ${winner} (first by name) keeps it`);
-      if (winner !== p.owner) adopt(c, p.name, { owner: winner, term: r.term }, 'owner conflict');
-    } else if (r.term === p.term && r.owner === self && p.owner === self && p.phase === 'SUSPENDED') {
-      confirmed(c, p.name);
-    }
+    compareRecord(c, p, r);
+  }
+}
+
+/** One pool's record from the peer's state against ours: the higher term wins. */
+function compareRecord(c: Ctx, p: PoolState, r: PoolRecord): void {
+  const { self, peer } = c.cfg;
+  if (r.owner !== self && r.owner !== peer) { c.log('error', 'peer-record-invalid', `${peer} says pool ${p.name} is owned by ${JSON.stringify(r.owner)}`); return; }
+  // (an unmanaged pool is not suspended when its lease runs out, so ACTIVE says nothing of writes apart: it only takes the record)
+  if (r.term > p.term && r.owner === peer && p.owner === self && p.phase === 'ACTIVE' && p.control === 'managed' && !c.mirroring(p.name)) {
+    // both nodes accepted writes while apart (an operator promoted the other side, or `ignore`): stepping
+    // down now would not undo that. Both keep serving until an operator demotes one and resolves the split brain
+    c.setPool(p.name, { owner: peer, term: r.term, awaitOperator: false, conflict: true });
+    c.log('error', 'owner-conflict', `pool ${p.name}: ${peer} took it at term ${r.term} while this node was writing: split brain; demote one side and resolve`);
+  } else if (r.term > p.term) {
+    adopt(c, p.name, r, `${peer}'s record has the higher term`);
+  } else if (r.term === p.term && r.owner !== p.owner) {
+    // the mirroring layer's generations detect whatever the two wrote; here only the owner is settled
+    const winner = [self, peer].sort()[0] ?? self;
+    c.log('error', 'owner-conflict', `pool ${p.name}: both nodes record a different owner at term ${p.term}; ${winner} (first by name) keeps it`);
+    if (winner !== p.owner) adopt(c, p.name, { owner: winner, term: r.term }, 'owner conflict');
+  } else if (r.term === p.term && r.owner === self && p.owner === self && p.phase === 'SUSPENDED' && c.managed(p)) {
+    confirmed(c, p.name);
   }
 }
 
@@ -179,6 +357,8 @@ function adopt(c: Ctx, name: string, r: PoolRecord, why: string): void {
   c.log('warn', 'adopt', `pool ${name}: ${p.owner} at term ${p.term} → ${r.owner} at term ${r.term} (${why})`);
   c.setPool(name, { owner: r.owner, term: r.term, awaitOperator: false });
   if (r.owner === c.cfg.self) return; // the policy activates it once the peer is present
+  // the record only: an unmanaged pool stays as it is, an exported one is released by the policy
+  if (p.control !== 'managed') return;
   switch (p.phase) {
     case 'ACTIVE': case 'SUSPENDED': c.deactivate(name, { kind: 'standby' }, null); return;
     case 'ACTIVATING': c.setPool(name, { deactivateWhenActivated: true }); return;
@@ -203,10 +383,12 @@ function confirmed(c: Ctx, name: string): void {
 function handover(c: Ctx, m: Extract<PeerMessage, { kind: 'handover' }>): void {
   const p = c.pool(m.pool);
   if (p === undefined) throw new Invalid('unknown-pool', `handover of an unknown pool ${JSON.stringify(m.pool)}`);
+  if (p.leaving) throw new Invalid('handover-ignored', `handover of pool ${m.pool}, which left the configuration here`);
   if (m.term <= p.term) throw new Invalid('handover-stale', `handover of pool ${m.pool} at term ${m.term}, not above ours (${p.term})`);
   c.log('info', 'handover-received', `pool ${m.pool}: ${c.cfg.peer} hands it over at term ${m.term}`);
   c.setPool(m.pool, { owner: c.cfg.self, term: m.term, awaitOperator: false });
-  if (p.phase !== 'ACTIVATING' && p.phase !== 'DEACTIVATING' && p.phase !== 'ACTIVE' && p.phase !== 'SUSPENDED') c.activateChecked(m.pool);
+  // unmanaged or exported: the record only; it is activated here when it is managed again
+  if (p.control === 'managed' && p.phase !== 'ACTIVATING' && p.phase !== 'DEACTIVATING' && p.phase !== 'ACTIVE' && p.phase !== 'SUSPENDED') c.activateChecked(m.pool);
 }
 
 // ---------------------------------------------------------------------------- the daemon's answers
@@ -221,16 +403,23 @@ function activated(c: Ctx, name: string, ok: boolean, error: string | undefined)
     c.log('info', 'activated', `pool ${name}: ACTIVE at term ${p.term}`);
   } else {
     c.setPool(name, { phase: 'INACTIVE', reason: `activation failed: ${error ?? 'unknown error'}`, awaitOperator: true, commandId: null });
-    c.log('error', 'activate-failed', `pool ${name}: activation failed: ${error ?? 'unknown error'}; an operator's promote retries it`);
+    c.log('error', 'activate-failed', `pool ${name}: activation failed: ${error ?? 'unknown error'}; an operator's promote or reattach retries it`);
   }
-  if (p.deactivateWhenActivated) c.deactivate(name, { kind: 'standby' }, null);
+  if (p.leaving) {
+    // it left the configuration while it was being activated
+    if (ok) c.deactivate(name, { kind: 'remove' }, null);
+    else forget(c, name);
+    return;
+  }
+  if (p.deactivateWhenActivated && p.control === 'unmanaged') c.setPool(name, { deactivateWhenActivated: false });
+  else if (p.deactivateWhenActivated) c.deactivate(name, { kind: 'standby' }, null);
 }
 
 /** Only a pool this node still owns and that is still INACTIVE: a late timer after anything else changed is ignored. */
 function retryActivate(c: Ctx, name: string): void {
   const p = c.pool(name);
   if (p === undefined) throw new Invalid('unknown-pool', `retry-activate: unknown pool ${JSON.stringify(name)}`);
-  if (p.owner !== c.cfg.self || p.phase !== 'INACTIVE') return;
+  if (p.owner !== c.cfg.self || p.phase !== 'INACTIVE' || !c.managed(p)) return;
   c.log('info', 'activate-retry', `pool ${name}: trying again (${p.reason ?? 'activation failed'})`);
   c.activateChecked(name);
 }
@@ -243,10 +432,29 @@ function deactivated(c: Ctx, name: string): void {
   const cmd = p.commandId;
   c.setPool(name, { deactivation: null, commandId: null, conflict: false });
   switch (d.kind) {
+    case 'remove':
+      forget(c, name);
+      return;
+    case 'export':
+      if (p.control === 'exported') c.setPhase(name, 'EXPORTED', EXPORTED_REASON);
+      else c.setPhase(name, p.owner === c.cfg.self ? 'ORPHANED' : 'STANDBY', p.owner === c.cfg.self ? 'deactivated' : null);
+      return;
     case 'standby':
       c.setPhase(name, p.owner === c.cfg.self ? 'ORPHANED' : 'STANDBY', p.owner === c.cfg.self ? 'deactivated' : null);
       if (cmd !== null) c.commandResult(cmd, true, `pool ${name} deactivated`);
       return;
+    case 'reattach': {
+      const why = !c.present ? `${c.cfg.peer} went away` : c.inSync(name);
+      if (why !== null) {
+        const reason = `handing it to ${c.cfg.peer} was aborted: ${why}`;
+        c.setPool(name, { awaitOperator: true });
+        c.setPhase(name, 'INACTIVE', reason, 'reattach-aborted');
+        if (cmd !== null) c.commandResult(cmd, false, `pool ${name}: ${reason}; it stays INACTIVE here`);
+        return;
+      }
+      handOver(c, name, p.term + 1, cmd);
+      return;
+    }
     case 'await-operator':
       c.setPool(name, { awaitOperator: true });
       c.setPhase(name, 'ORPHANED', d.reason);
@@ -256,17 +464,25 @@ function deactivated(c: Ctx, name: string): void {
       // a write the peer missed while the pool was deactivating would be lost to a handover
       const why = !c.present ? `${c.cfg.peer} went away during the swap` : c.inSync(name);
       if (why !== null) {
-        c.log('warn', 'swap-aborted', `pool ${name}: ${why}: activating here again`);
+        // it stays owned here, and is activated again by the normal rules at the end of this step: at once with the
+        // peer present; without it only as the policy allows (the peer may have taken it over while this node was
+        // paused mid-swap: under witness that takes a CLAIM, which the witness refuses then)
+        c.log('warn', 'swap-aborted', `pool ${name}: ${why}: it stays here`);
         if (cmd !== null) c.commandResult(cmd, false, `${why}; pool ${name} stays here`);
-        c.activate(name, null);
+        c.setPhase(name, 'ORPHANED', `swap aborted: ${why}`);
         return;
       }
-      c.setPool(name, { owner: c.cfg.peer, term: p.term + 1 });
-      c.setPhase(name, 'STANDBY', null, 'handover');
-      c.emit({ type: 'send-peer', message: { kind: 'handover', pool: name, term: p.term + 1 } });
-      if (cmd !== null) c.commandResult(cmd, true, `pool ${name} handed over to ${c.cfg.peer} at term ${p.term + 1}`);
+      handOver(c, name, p.term + 1, cmd);
     }
   }
+}
+
+/** Owner ← the peer at `term` (persisted first), then the handover goes to it. */
+function handOver(c: Ctx, name: string, term: number, cmd: number | null): void {
+  c.setPool(name, { owner: c.cfg.peer, term });
+  c.setPhase(name, 'STANDBY', null, 'handover');
+  c.emit({ type: 'send-peer', message: { kind: 'handover', pool: name, term } });
+  if (cmd !== null) c.commandResult(cmd, true, `pool ${name} handed over to ${c.cfg.peer} at term ${term}`);
 }
 
 function fenceDone(c: Ctx, ok: boolean, detail: string, seq: number | undefined): void {
@@ -274,16 +490,20 @@ function fenceDone(c: Ctx, ok: boolean, detail: string, seq: number | undefined)
   if (f === null || (seq !== undefined && seq !== f.seq)) throw new Invalid('fence-stale', `a fence result (${ok ? 'ok' : 'failed'}: ${detail}) for no fence in flight`);
   c.set({ fence: null });
   if (ok) {
+    // from now on this node's copies are the newest, until the two meet again (persisted before anything acts on the fence);
+    // not after a start without meeting the peer: then the fence was for an operator's promote, and says nothing of the other pools
+    const alone = c.cfg.policy === 'fence' && c.mayActAlone;
     c.set({ peerFenced: true, fenceFailure: null, fenceRetryAt: null });
+    if (alone) c.set({ aloneAfterFence: true, aloneAfterFenceAt: c.now });
     c.log('warn', 'fence-done', `${c.cfg.peer} is fenced: ${detail}`);
     c.answerHeld((h) => h.waitFor === 'fence', true, `${c.cfg.peer} is fenced`);
-    for (const p of c.s.pools) if (p.suspended?.cause === 'fence') c.resume(p.name, `${c.cfg.peer} is fenced`);
+    for (const p of c.s.pools) if (p.suspended?.cause === 'fence' && c.managed(p)) c.resume(p.name, `${c.cfg.peer} is fenced`);
     return;
   }
   c.set({ fenceFailure: detail, fenceRetryAt: c.now + c.cfg.fenceRetryMs });
   c.log('error', 'fence-failed', `fencing ${c.cfg.peer} failed: ${detail}; retrying in ${c.cfg.fenceRetryMs} ms`);
   const denied = c.answerHeld((h) => h.waitFor === 'fence', false, `fence failed: ${detail}`);
-  for (const name of new Set(denied.map((h) => h.pool))) if (c.p(name).phase === 'ACTIVE') c.suspend(name, 'fence', `fence failed: ${detail}`);
+  for (const name of new Set(denied.map((h) => h.pool))) if (c.pool(name)?.phase === 'ACTIVE' && c.managed(c.p(name))) c.suspend(name, 'fence', `fence failed: ${detail}`);
 }
 
 function witnessReply(c: Ctx, request: WitnessRequest, granted: boolean, reason: string, seq: number | undefined): void {
@@ -323,7 +543,7 @@ function witnessAnswer(c: Ctx, request: WitnessRequest, granted: boolean, reason
       } else {
         c.log('error', 'alone-refused', `the witness refused ALONE: ${reason}`);
         const denied = c.answerHeld((h) => h.waitFor === 'alone', false, `the witness refused ALONE: ${reason}`);
-        for (const name of new Set(denied.map((h) => h.pool))) if (c.p(name).phase === 'ACTIVE') c.suspend(name, 'alone', `the witness refused ALONE: ${reason}`);
+        for (const name of new Set(denied.map((h) => h.pool))) if (c.pool(name)?.phase === 'ACTIVE' && c.managed(c.p(name))) c.suspend(name, 'alone', `the witness refused ALONE: ${reason}`);
       }
       return;
     case 'clear-alone': case 'clear-fenced': {
@@ -356,7 +576,8 @@ function aloneRequest(c: Ctx, volume: string, id: number): void {
     case 'ignore': case 'manual': return c.decide(volume, id, true, `policy ${c.cfg.policy}`);
     case 'none':
       c.decide(volume, id, false, 'policy none');
-      c.deactivate(p.name, { kind: 'await-operator', reason: `${c.cfg.peer} did not take a write; policy none: an operator must promote` }, null);
+      // unmanaged: the write fails, and the pool stays as it is
+      if (c.managed(p)) c.deactivate(p.name, { kind: 'await-operator', reason: `${c.cfg.peer} did not take a write; policy none: an operator must promote` }, null);
       return;
     case 'fence':
       if (c.s.peerFenced) return c.decide(volume, id, true, `${c.cfg.peer} is fenced`);
@@ -377,8 +598,10 @@ function command(c: Ctx, id: number, cmd: Command): void {
     return;
   }
   const p = c.pool(cmd.pool);
-  if (p === undefined) throw new Invalid('unknown-pool', `${cmd.kind}: no pool ${JSON.stringify(cmd.pool)}`);
+  if (p === undefined || p.leaving) throw new Invalid('unknown-pool', `${cmd.kind}: no pool ${JSON.stringify(cmd.pool)}${p === undefined ? '' : ' (it left the configuration and is being released)'}`);
   const refuse = (why: string): void => { c.log('warn', `${cmd.kind}-refused`, `${cmd.kind} ${p.name}: ${why}`); c.commandResult(id, false, why); };
+  if (cmd.kind === 'reattach') return reattach(c, id, p, cmd.node, refuse);
+  if (p.control !== 'managed') return refuse(`pool ${p.name} is ${p.control}: ${p.control === 'exported' ? 'import' : 'manage'} it first`);
   if (p.phase === 'ACTIVATING' || p.phase === 'DEACTIVATING') return refuse(`pool ${p.name} is ${p.phase}: try again when it is done`);
   const own = p.owner === c.cfg.self;
   switch (cmd.kind) {
@@ -428,10 +651,33 @@ function command(c: Ctx, id: number, cmd: Command): void {
       if (!own) return refuse(`pool ${p.name} is owned by ${c.cfg.peer}`);
       if (p.phase !== 'ACTIVE') return refuse(`pool ${p.name} is ${p.phase} here, not ACTIVE`);
       if (!c.present) return refuse(`${c.cfg.peer} is not up and met`);
+      if (!c.peerKnows(p.name)) return refuse(`${c.cfg.peer} has no record of pool ${p.name}: its configuration is not the same yet`);
       const why = c.inSync(p.name);
       if (why !== null) return refuse(why);
       c.log('info', 'swap', `pool ${p.name}: handing over to ${c.cfg.peer}`);
       c.deactivate(p.name, { kind: 'swap' }, id);
     }
   }
+}
+
+/** An INACTIVE pool (its activation failed), asked of its owner: activate it here again now, or hand it to the peer. */
+function reattach(c: Ctx, id: number, p: PoolState, node: string, refuse: (why: string) => void): void {
+  const { self, peer } = c.cfg;
+  if (node !== self && node !== peer) return refuse(`unknown node ${JSON.stringify(node)}: the nodes are ${self} and ${peer}`);
+  if (p.owner !== self) return refuse(`pool ${p.name} is owned by ${p.owner}, not ${self}: ask ${p.owner}`);
+  if (p.control !== 'managed') return refuse(`pool ${p.name} is ${p.control}: ${p.control === 'exported' ? 'import' : 'manage'} it first`);
+  if (p.phase !== 'INACTIVE') return refuse(`pool ${p.name} is ${p.phase} here: reattach is for INACTIVE pools; use pool move / swap`);
+  if (node === self) {
+    const bad = c.notUpToDate(p.name);
+    if (bad !== null) return refuse(`${bad}: a copy that is not UpToDate is never promoted (promote with force accepts that)`);
+    c.log('info', 'reattach', `pool ${p.name}: activating it here again at term ${p.term} (operator; it was INACTIVE: ${p.reason ?? ''})`);
+    c.activate(p.name, id);
+    return;
+  }
+  if (!c.present) return refuse(`${peer} is not up and met`);
+  if (!c.peerKnows(p.name)) return refuse(`${peer} has no record of pool ${p.name}: its configuration is not the same yet`);
+  const why = c.inSync(p.name);
+  if (why !== null) return refuse(why);
+  c.log('info', 'reattach', `pool ${p.name}: handing it to ${peer} (operator; it was INACTIVE here: ${p.reason ?? ''})`);
+  c.deactivate(p.name, { kind: 'reattach' }, id);
 }

@@ -8,6 +8,7 @@ import { createWebConsole } from '../web/console-server';
 import { nodeStatus } from '../web/status-view';
 import type { HostPort } from './config';
 import type { NodeDaemon } from './daemon';
+import { createPool, exportPool, importPool, manage, removePool } from './pool-lifecycle';
 
 export interface ApiServer {
   readonly address: HostPort;
@@ -83,6 +84,41 @@ async function route(d: NodeDaemon, method: string, url: string, body: () => Pro
     }
     d.stallDisk(ms);
     return { ok: true, stallMs: ms };
+  }
+  if (url === '/api/v1/config') {
+    if (method !== 'GET') throw new ApiError(405, 'ERR_METHOD', `${url} takes GET`);
+    return { ...d.clusterConfig.status(), document: d.clusterConfig.document };
+  }
+  if (url === '/api/v1/config/push') {
+    if (method !== 'POST') throw new ApiError(405, 'ERR_METHOD', `${url} takes POST`);
+    d.pushConfig();
+    return { ok: true, message: `this node's cluster configuration (epoch ${d.clusterConfig.document.epoch}) goes to the peer`, config: d.clusterConfig.status() };
+  }
+  if (url === '/api/v1/pools') {
+    if (method !== 'POST') throw new ApiError(405, 'ERR_METHOD', `${url} takes POST`);
+    return { ok: true, message: await createPool(d, await body()), cluster: d.cluster.status() };
+  }
+  const lc = /^\/api\/v1\/pools\/([^/]+)\/(remove|export|import|manage|unmanage|reattach)$/.exec(url);
+  if (lc !== null) {
+    if (method !== 'POST') throw new ApiError(405, 'ERR_METHOD', `${url} takes POST`);
+    const pool = decodeURIComponent(lc[1] as string);
+    const b = await body();
+    let message: string;
+    switch (lc[2]) {
+      case 'remove': message = await removePool(d, pool); break;
+      case 'export': message = await exportPool(d, pool); break;
+      case 'import': message = await importPool(d, pool); break;
+      case 'manage': message = await manage(d, pool, true); break;
+      case 'unmanage': message = await manage(d, pool, false); break;
+      default: {
+        if (!d.cfg.pools.some((p) => p.name === pool)) throw new ApiError(404, 'ERR_UNKNOWN_POOL', `no pool named ${JSON.stringify(pool)}`);
+        if (typeof b.node !== 'string') throw new ApiError(400, 'ERR_BAD_REQUEST', 'node must name the node to activate the pool on');
+        const r = await d.cluster.command({ kind: 'reattach', pool, node: b.node });
+        if (!r.ok) throw new ApiError(409, 'ERR_REFUSED', r.message);
+        message = r.message;
+      }
+    }
+    return { ok: true, message, cluster: d.cluster.status() };
   }
   const mv = /^\/api\/v1\/pools\/([^/]+)\/move$/.exec(url);
   if (mv !== null) {
@@ -160,6 +196,8 @@ export function startApi(d: NodeDaemon, at: HostPort, log: Logger): Promise<ApiS
       (e: unknown) => {
         if (e instanceof ApiError) { reply(e.status, { error: { code: e.code, message: e.message } }); return; }
         const code = (e as { code?: unknown }).code;
+        if (code === 'ERR_CONFIG' || code === 'ERR_BAD_REQUEST') { reply(400, { error: { code, message: (e as Error).message } }); return; }
+        if (code === 'ERR_UNKNOWN_POOL') { reply(404, { error: { code, message: (e as Error).message } }); return; }
         if (typeof code === 'string' && code.startsWith('ERR_')) { reply(409, { error: { code, message: (e as Error).message } }); return; }
         log.error('request failed', { url: req.url, error: (e as Error).stack ?? String(e) });
         reply(500, { error: { code: 'ERR_INTERNAL', message: (e as Error).message } });

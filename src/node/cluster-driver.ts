@@ -63,7 +63,7 @@ function machineConfig(cfg: NodeConfig): MachineConfig {
     self: cfg.node.name,
     peer: cfg.peer.name,
     policy: cfg.fencing.policy,
-    pools: cfg.pools.map((p) => ({ name: p.name, volumes: p.volumes, preferredNode: p.preferredNode, autoFailback: p.autoFailback })),
+    pools: cfg.pools.map((p) => ({ name: p.name, volumes: p.volumes, preferredNode: p.preferredNode, autoFailback: p.autoFailback, control: p.control })),
     leaseMs: cfg.heartbeat.timeoutMs,
     takeoverMarginMs: cfg.fencing.takeoverMarginMs,
     fenceRetryMs: cfg.fencing.retryMs,
@@ -128,12 +128,16 @@ function loadState(file: string): PersistedState | null {
   if (!isRecord(v) || v.version !== 1 || typeof v.maintenance !== 'boolean') {
     throw new ClusterError('ERR_CLUSTER_STATE', `${file}: not a version 1 cluster state`);
   }
-  return { pools: parsePools(v.pools, file), maintenance: v.maintenance };
+  // absent in files written before it existed: false, the careful answer (wait for the peer)
+  return { pools: parsePools(v.pools, file), maintenance: v.maintenance, ...(v.aloneAfterFence === true ? { aloneAfterFence: true } : {}) };
 }
 
 export class ClusterDriver {
-  readonly config: MachineConfig;
+  config: MachineConfig;
   private state: MachineState;
+  /** pools removed from the configuration that the machine has not let go of yet */
+  private readonly departed = new Map<string, PoolConfig>();
+  private readonly forgottenWaiters: Array<() => void> = [];
   private readonly stateFile: string;
   private heartbeat: Heartbeat | undefined;
   private ticker: NodeJS.Timeout | undefined;
@@ -149,8 +153,12 @@ export class ClusterDriver {
   private readonly retries = new Map<string, number>();
   private readonly retryTimers = new Set<NodeJS.Timeout>();
   private stopped = false;
+  /** the split-brain checker (fencing.checkAddresses): its timer, a check under way, its last verdict */
+  private isolationTimer: NodeJS.Timeout | undefined;
+  private checking = false;
+  private isolated = false;
 
-  constructor(private readonly cfg: NodeConfig, private readonly host: ClusterHost, private readonly log: Logger) {
+  constructor(private cfg: NodeConfig, private readonly host: ClusterHost, private readonly log: Logger) {
     this.config = machineConfig(cfg);
     this.state = initialState(this.config);
     this.stateFile = path.join(cfg.node.dataDir, STATE_FILE);
@@ -180,6 +188,11 @@ export class ClusterDriver {
     await this.heartbeat.start();
     if (cfg.fencing.policy === 'witness') this.heartbeat.setRenewing(true);
     this.dispatch({ type: 'start', now: monotonicMs(), persisted });
+    if (cfg.fencing.checkAddresses.length > 0) {
+      // always, not only once the peer is gone: the answer must be fresh when a takeover is decided
+      this.isolationTimer = setInterval(() => this.checkIsolation(), cfg.fencing.checkIntervalMs);
+      this.checkIsolation();
+    }
     // the machine judges takeovers by the copies' disk states: it knows them from the start
     this.reportVolumes(monotonicMs());
     this.ticker = setInterval(() => this.tick(), cfg.heartbeat.intervalMs);
@@ -254,10 +267,38 @@ export class ClusterDriver {
     return new Promise((resolve) => {
       const id = this.nextId++;
       this.commandWaiters.set(id, resolve);
+      // an operator's reattach starts the activation retries afresh
+      if (command.kind === 'reattach') this.retries.delete(command.pool);
       // an operator acts on what status showed: the machine must know it too
       this.reportVolumes(monotonicMs());
       this.dispatch({ type: 'command', now: monotonicMs(), id, command });
     });
+  }
+
+  /**
+   * The cluster configuration changed: the machine takes the new pool list (it deactivates a
+   * removed pool that is active here before it forgets it).
+   */
+  reconfigure(cfg: NodeConfig): void {
+    for (const p of this.cfg.pools) if (!cfg.pools.some((q) => q.name === p.name)) this.departed.set(p.name, p);
+    this.cfg = cfg;
+    this.config = machineConfig(cfg);
+    if (!this.state.started) return;
+    const now = monotonicMs();
+    this.dispatch({ type: 'reconfigure', now });
+    // the machine forgot the facts of volumes in no pool: one that comes back must be reported again
+    const configured = new Set(cfg.pools.flatMap((p) => p.volumes));
+    for (const v of [...this.facts.keys()]) if (!configured.has(v)) this.facts.delete(v);
+    // the new pools' copies exist already: the machine judges their activation by these
+    this.reportVolumes(now);
+  }
+
+  /** Resolves once the machine holds no state for the pool (it was removed and released), or the node stops. */
+  async untilForgotten(pool: string): Promise<void> {
+    while (!this.stopped && this.state.pools.some((p) => p.name === pool)) {
+      await new Promise<void>((r) => { this.forgottenWaiters.push(r); });
+    }
+    this.departed.delete(pool);
   }
 
   poolOf(volume: string): PoolConfig | undefined {
@@ -287,8 +328,10 @@ export class ClusterDriver {
       this.dispatch({ type: 'tick', now: event.now, peerAckSentAt: s.peerAckSentAt, witnessAckSentAt: s.witnessAckSentAt });
     }
     const r = step(this.config, this.state, event);
+    const poolsBefore = this.state.pools.length;
     this.state = r.state;
     for (const a of r.actions) this.carryOut(a);
+    if (this.state.pools.length < poolsBefore) for (const w of this.forgottenWaiters.splice(0)) w();
   }
 
   private carryOut(a: MachineAction): void {
@@ -349,7 +392,8 @@ export class ClusterDriver {
   }
 
   private pool(name: string): PoolConfig {
-    const p = this.cfg.pools.find((x) => x.name === name);
+    // a pool removed from the configuration is still released by its old definition
+    const p = this.cfg.pools.find((x) => x.name === name) ?? this.departed.get(name);
     if (p === undefined) throw new ClusterError('ERR_UNKNOWN_POOL', `the cluster machine named an unknown pool ${JSON.stringify(name)}`);
     return p;
   }
@@ -442,9 +486,34 @@ export class ClusterDriver {
     );
   }
 
+  /**
+   * Pings the configured addresses; none answering means this node may be the one cut off, and
+   * the machine takes nothing over while that lasts. Only a change is an event.
+   */
+  private checkIsolation(): void {
+    if (this.checking || this.stopped) return;
+    this.checking = true;
+    const f = this.cfg.fencing;
+    const seconds = (f.checkTimeoutMs / 1000).toFixed(3);
+    const ping = (address: string): Promise<boolean> => new Promise((resolve) => {
+      execFile('ping', ['-n', '-q', '-c', '1', '-W', seconds, address], { timeout: f.checkTimeoutMs + 500 }, (err) => resolve(err === null));
+    });
+    Promise.all(f.checkAddresses.map(ping)).then((answers) => {
+      this.checking = false;
+      const isolated = !answers.some((ok) => ok);
+      if (isolated === this.isolated || this.stopped) return;
+      this.isolated = isolated;
+      const detail = isolated
+        ? `no answer from ${f.checkAddresses.join(', ')} within ${f.checkTimeoutMs} ms`
+        : `${f.checkAddresses.filter((_, i) => answers[i]).join(', ')} answers again`;
+      this.dispatch({ type: 'isolation', now: monotonicMs(), isolated, detail });
+    }, () => { this.checking = false; });
+  }
+
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    if (this.isolationTimer !== undefined) clearInterval(this.isolationTimer);
     for (const t of this.retryTimers) clearTimeout(t);
     this.retryTimers.clear();
     if (this.ticker !== undefined) clearInterval(this.ticker);
@@ -452,6 +521,7 @@ export class ClusterDriver {
     this.aloneWaiters.clear();
     for (const w of this.commandWaiters.values()) w({ ok: false, message: 'the node is stopping' });
     this.commandWaiters.clear();
+    for (const w of this.forgottenWaiters.splice(0)) w();
     await this.heartbeat?.close();
   }
 }

@@ -24,8 +24,9 @@ import { describeIp, hostForUrl, type FloatingIpDriver } from '../pool/floating-
 import { LinuxDriver } from '../pool/linux-driver';
 import { LoopbackDriver } from '../pool/loopback-driver';
 import { startApi, type ApiServer } from './api';
+import { ClusterConfigStore, type Section } from './cluster-config';
 import { ClusterDriver, type ClusterHost } from './cluster-driver';
-import type { NodeConfig, PoolConfig, VolumeConfig } from './config';
+import { sectionContext, type NodeConfig, type PoolConfig, type VolumeConfig } from './config';
 import { Exports } from './exports';
 import { Notifier } from './notify';
 import { PoolHost } from './pool-host';
@@ -85,13 +86,24 @@ export class NodeDaemon {
 
   private readonly dispatchContext: DispatchContext;
 
-  constructor(readonly cfg: NodeConfig, private readonly log: Logger) {
+  /** the node file, with the volumes and pools of the cluster configuration document in force */
+  cfg: NodeConfig;
+  readonly clusterConfig: ClusterConfigStore;
+  /** changes of the cluster configuration take effect one at a time */
+  private applying: Promise<void> = Promise.resolve();
+
+  constructor(fileCfg: NodeConfig, private readonly log: Logger) {
+    this.clusterConfig = new ClusterConfigStore({
+      dataDir: fileCfg.node.dataDir, node: fileCfg.node.name, ctx: sectionContext(fileCfg), seed: fileCfg.seed, log: log.child('config'),
+    });
+    const cfg: NodeConfig = { ...fileCfg, ...this.clusterConfig.current };
+    this.cfg = cfg;
     this.dispatchContext = {
       nodeName: cfg.node.name,
       log,
       replicas: () => this.replicas.values(),
       replica: (wireId) => this.byWireId.get(wireId.toString('hex')),
-      cluster: (json) => this.cluster.onPeerMessage(json),
+      cluster: (json) => this.onClusterMessage(json),
     };
     this.diskStall = cfg.faults.enabled ? new DiskStall() : undefined;
     this.exports = new Exports(log, this.diskStall);
@@ -99,8 +111,11 @@ export class NodeDaemon {
     this.floatingIps = fl.driver === 'linux'
       ? new LinuxDriver({ probeMs: fl.probeMs, announceCount: fl.announceCount, log: log.child('floating-ip') })
       : new LoopbackDriver();
+    const current = (): NodeConfig => this.cfg;
     this.pools = new PoolHost({
-      cfg, log: log.child('pool'), driver: this.floatingIps, exports: this.exports, replica: (v) => this.need(v),
+      // the configuration in force, read at each use: the cluster configuration changes it
+      get cfg() { return current(); },
+      log: log.child('pool'), driver: this.floatingIps, exports: this.exports, replica: (v) => this.need(v),
       note: (level, event, message, extra) => this.cluster.note(level, event, message, extra),
       failover: (p, reason) => {
         this.cluster.command({ kind: 'swap', pool: p.name }).then(
@@ -165,19 +180,7 @@ export class NodeDaemon {
   async start(): Promise<void> {
     const cfg = this.cfg;
     try {
-      for (const v of cfg.volumes) {
-        const { volume, tracking } = await openCopy(cfg, v, this.log);
-        const r = new Replica({
-          name: v.name, wireId: wireVolumeId(cfg.cluster.id, v.name), nodeName: cfg.node.name, peerName: cfg.peer.name,
-          volume, tracking, role: v.primary === cfg.node.name ? 'PRIMARY' : 'SECONDARY', cacheMode: v.cacheMode,
-          splitBrainPolicy: v.afterSplitBrain, resyncRateBytesPerSecond: v.resyncRate, checksumResync: v.checksumResync,
-          log: this.log.child(v.name), applyBudget: this.applyBudget,
-          alonePolicy: this.cluster.alonePolicy(), roleFromCluster: true, ackBeforePeer: cfg.faults.ackBeforePeer,
-        });
-        r.handshakeTimeoutMs = cfg.sync.timeoutMs;
-        this.replicas.set(v.name, r);
-        this.byWireId.set(r.wireId.toString('hex'), r);
-      }
+      for (const v of cfg.volumes) await this.openReplica(v);
       await this.pools.removeLeftovers();
       this.api = await startApi(this, cfg.node.apiListen, this.log.child('api'));
       await this.listenSync();
@@ -194,6 +197,115 @@ export class NodeDaemon {
     if (this.dials()) this.dial();
   }
 
+  private async openReplica(v: VolumeConfig): Promise<Replica> {
+    const cfg = this.cfg;
+    const { volume, tracking } = await openCopy(cfg, v, this.log);
+    const r = new Replica({
+      name: v.name, wireId: wireVolumeId(cfg.cluster.id, v.name), nodeName: cfg.node.name, peerName: cfg.peer.name,
+      volume, tracking, role: v.primary === cfg.node.name ? 'PRIMARY' : 'SECONDARY', cacheMode: v.cacheMode,
+      splitBrainPolicy: v.afterSplitBrain, resyncRateBytesPerSecond: v.resyncRate, checksumResync: v.checksumResync,
+      log: this.log.child(v.name), applyBudget: this.applyBudget,
+      alonePolicy: this.cluster.alonePolicy(), roleFromCluster: true, ackBeforePeer: cfg.faults.ackBeforePeer,
+    });
+    r.handshakeTimeoutMs = cfg.sync.timeoutMs;
+    this.replicas.set(v.name, r);
+    this.byWireId.set(r.wireId.toString('hex'), r);
+    return r;
+  }
+
+  // ------------------------------------------------------------------ the cluster configuration
+
+  /** A CLUSTER message: the peer's configuration document, or one for the cluster machine. */
+  private onClusterMessage(json: string): void {
+    let document: unknown;
+    try {
+      const v = JSON.parse(json) as { kind?: unknown; document?: unknown };
+      if (v.kind !== 'config') { this.cluster.onPeerMessage(json); return; }
+      document = v.document;
+    } catch {
+      this.cluster.onPeerMessage(json);
+      return;
+    }
+    const r = this.clusterConfig.receive(JSON.stringify(document));
+    switch (r.kind) {
+      case 'same': return;
+      case 'send-ours': this.sendConfig(); return;
+      case 'diverged': this.cluster.note('error', 'config-diverged', r.message); return;
+      case 'refused': this.cluster.note('error', 'config-refused', r.message); return;
+      case 'adopted':
+        this.cluster.note('info', 'config-adopted', `cluster configuration epoch ${this.clusterConfig.document.epoch} from ${this.cfg.peer.name}: ${this.clusterConfig.document.change}`);
+        void this.apply(r.section);
+    }
+  }
+
+  private sendConfig(): void {
+    const link = this.link;
+    if (link !== undefined && !link.closed) link.send({ type: SyncMessageType.CLUSTER, json: this.clusterConfig.message() });
+  }
+
+  /**
+   * A change asked of this node (the pool lifecycle commands): the next epoch, on disk, to the
+   * peer, then in effect here. Resolves when it has taken effect on this node.
+   */
+  async changeConfig(what: string, edit: Parameters<ClusterConfigStore['change']>[1]): Promise<void> {
+    const section = this.clusterConfig.change(what, edit);
+    this.sendConfig();
+    this.cluster.note('info', 'config-changed', `cluster configuration epoch ${this.clusterConfig.document.epoch}: ${what}`);
+    await this.apply(section);
+  }
+
+  /** The operator settles a divergence in favour of this node's document. */
+  pushConfig(): void {
+    this.clusterConfig.push();
+    this.cluster.note('warn', 'config-pushed', `cluster configuration epoch ${this.clusterConfig.document.epoch} pushed over the peer's`);
+    this.sendConfig();
+  }
+
+  /**
+   * Puts a document's volumes and pools in force: new copies open (and meet the peer's) before
+   * the cluster machine learns of their pools; the copies of removed pools close once the machine
+   * has let the pools go, and their files are moved aside, never deleted.
+   */
+  private apply(next: Section): Promise<void> {
+    const run = async (): Promise<void> => {
+      if (this.stopping) return;
+      const before = this.cfg;
+      for (const v of next.volumes) {
+        if (this.replicas.has(v.name)) continue;
+        const r = await this.openReplica(v);
+        if (this.session !== undefined) r.attach(this.session);
+      }
+      this.cfg = { ...before, volumes: next.volumes, pools: next.pools };
+      this.pools.reconcile();
+      this.cluster.reconfigure(this.cfg);
+      const gone = before.pools.filter((p) => !next.pools.some((q) => q.name === p.name));
+      for (const p of gone) await this.cluster.untilForgotten(p.name);
+      this.pools.reconcile();
+      for (const v of before.volumes.filter((x) => !next.volumes.some((y) => y.name === x.name))) await this.retireReplica(v.name);
+    };
+    const next0 = this.applying.then(run);
+    this.applying = next0.catch((e: unknown) => { this.log.error('applying the cluster configuration failed', { error: String(e) }); });
+    return next0;
+  }
+
+  /** A removed volume's copy closes; its files go to data/removed/, where an operator may still find them. */
+  private async retireReplica(name: string): Promise<void> {
+    const r = this.replicas.get(name);
+    if (r === undefined) return;
+    this.replicas.delete(name);
+    this.byWireId.delete(r.wireId.toString('hex'));
+    await r.close();
+    const dir = path.join(this.cfg.node.dataDir, 'volumes');
+    const aside = path.join(this.cfg.node.dataDir, 'removed', `${name}-${new Date().toISOString().replace(/[:.]/g, '-')}`);
+    fs.mkdirSync(aside, { recursive: true });
+    const backingPath = path.join(dir, `${name}.img`);
+    const tracking = changeTrackingPaths(backingPath);
+    for (const f of [backingPath, `${backingPath}.tandem.json`, tracking.bitmapPath, tracking.activityLogPath]) {
+      if (fs.existsSync(f)) fs.renameSync(f, path.join(aside, path.basename(f)));
+    }
+    this.cluster.note('info', 'volume-retired', `volume ${name} is in no pool any more: its copy was closed and its files moved to ${aside}`);
+  }
+
   replica(name: string): Replica | undefined {
     return this.replicas.get(name);
   }
@@ -205,6 +317,7 @@ export class NodeDaemon {
       peer: { name: this.cfg.peer.name, connected: this.link !== undefined && !this.link.closed },
       volumes: [...this.replicas.values()].map((r) => r.status()),
       clusterState: this.clusterStatus(),
+      config: this.clusterConfig.status(),
     };
   }
 
@@ -303,6 +416,8 @@ export class NodeDaemon {
     for (const r of this.replicas.values()) r.attach(session);
     // roles change only by the cluster's activate/deactivate, which refresh the exports themselves
     link.start((m) => dispatchPeerMessage(this.dispatchContext, session, m));
+    // the configurations first: a pool the peer lacks must not be offered to its machine
+    this.sendConfig();
     this.cluster.onLinkUp();
   }
 

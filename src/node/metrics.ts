@@ -10,7 +10,7 @@ export const metricsContentType = 'text/plain; version=0.0.4; charset=utf-8';
 // Records, so a state added to the type and forgotten here fails the build
 const volumeStates: Record<VolumeState, true> = { PRIM: true, SECOND: true, ALONE: true, SYNCING: true, 'SPLIT-BRAIN': true, WAIT: true };
 const poolPhases: Record<PoolPhase, true> = {
-  ACTIVE: true, ACTIVATING: true, DEACTIVATING: true, SUSPENDED: true, STANDBY: true, 'TAKING-OVER': true, ORPHANED: true, INACTIVE: true,
+  ACTIVE: true, ACTIVATING: true, DEACTIVATING: true, SUSPENDED: true, STANDBY: true, 'TAKING-OVER': true, ORPHANED: true, INACTIVE: true, EXPORTED: true,
 };
 
 type Labels = Readonly<Record<string, string>>;

@@ -37,6 +37,8 @@ export interface PoolHostDeps {
 export type PoolServiceStatus = Pick<PoolStatus, 'filesystem' | 'applications'>;
 
 interface PoolRuntime {
+  /** the definition its filesystem and applications were made from */
+  readonly def: PoolConfig;
   /** the steps taken by the last successful activation, released by deactivate */
   active: readonly Step[] | null;
   /** exports stopped and addresses released while the pool's writes are suspended */
@@ -48,16 +50,37 @@ interface PoolRuntime {
 
 const silent: StepReporter = () => undefined;
 
+/** the parts of a definition a pool's filesystem and applications are made from */
+function sameServices(a: PoolConfig, b: PoolConfig): boolean {
+  const services = (p: PoolConfig): string => JSON.stringify([p.volumes, p.floatingIps, p.filesystem, p.applications]);
+  return services(a) === services(b);
+}
+
 export class PoolHost {
   private readonly pools = new Map<string, PoolRuntime>();
   /** pools whose exports should be up */
   private readonly exporting = new Set<string>();
 
   constructor(private readonly d: PoolHostDeps) {
-    for (const p of d.cfg.pools) {
+    this.reconcile();
+  }
+
+  /**
+   * The cluster configuration changed: a new pool gets its runtime, a removed one that is not
+   * active loses it, and a changed definition takes effect when the pool is not active here
+   * (an active pool keeps what it started with until it is released).
+   */
+  reconcile(): void {
+    const wanted = new Map(this.d.cfg.pools.map((p) => [p.name, p]));
+    for (const [name, rt] of this.pools) {
+      if (!wanted.has(name) && rt.active === null) this.pools.delete(name);
+    }
+    for (const p of wanted.values()) {
+      const rt = this.pools.get(p.name);
+      if (rt !== undefined && (rt.active !== null || sameServices(rt.def, p))) continue;
       const filesystem = p.filesystem === null ? null : this.filesystemOf(p, p.filesystem.volume);
       const apps = p.applications.map((a) => ({ app: this.application(p, a, filesystem), budget: new RestartBudget(a.restart) }));
-      this.pools.set(p.name, { active: null, suspended: false, chain: Promise.resolve(), filesystem, apps });
+      this.pools.set(p.name, { def: p, active: null, suspended: false, chain: rt?.chain ?? Promise.resolve(), filesystem, apps });
     }
   }
 
@@ -182,9 +205,9 @@ export class PoolHost {
       rt.suspended = true;
       // the addresses first: the peer may take the pool over as soon as its lease runs out, and its
       // probe must not find this node still answering while the exports drain their writes
-      const steps = this.serviceSteps(p);
-      const addresses = steps.slice(0, p.floatingIps.length);
-      const errors = [...await releaseSteps(addresses, silent), ...await releaseSteps(steps.slice(p.floatingIps.length), silent)];
+      const steps = this.serviceSteps(rt.def);
+      const addresses = steps.slice(0, rt.def.floatingIps.length);
+      const errors = [...await releaseSteps(addresses, silent), ...await releaseSteps(steps.slice(rt.def.floatingIps.length), silent)];
       if (errors.length > 0) throw new Error(errors.join('; '));
     });
   }
@@ -192,18 +215,18 @@ export class PoolHost {
   resume(p: PoolConfig, report: StepReporter): Promise<void> {
     return this.serial(p, async (rt) => {
       if (rt.active === null || !rt.suspended) return;
-      await runSteps(this.serviceSteps(p), report);
+      await runSteps(this.serviceSteps(rt.def), report);
       rt.suspended = false;
     });
   }
 
   /** Node shutdown: every pool's exports stop and its addresses go; the volumes are closed by the daemon. */
   async releaseAll(): Promise<void> {
-    for (const p of this.d.cfg.pools) {
+    for (const p of [...this.pools.values()].map((rt) => rt.def)) {
       await this.serial(p, async (rt) => {
         if (rt.active === null) return;
         rt.active = null;
-        await releaseSteps(this.serviceSteps(p), silent);
+        await releaseSteps(this.serviceSteps(rt.def), silent);
       }).catch((e: unknown) => this.d.log.error('releasing a pool at shutdown failed', { pool: p.name, error: String(e) }));
     }
   }

@@ -691,6 +691,13 @@ export class Replica {
         this.runControl(() => this.onResyncDone());
         return;
       case SyncMessageType.VOLUME_REFUSED:
+        if (m.code === SyncVolumeRefusal.UNKNOWN_VOLUME) {
+          // a volume just added to the cluster configuration: the peer is still creating its copy,
+          // and its GENERATIONS will start the meeting when it has
+          this.log.info('the peer has no copy of this volume yet: waiting for it', { volume: this.name });
+          this.runControl(async () => this.stopMirroring('connecting'));
+          return;
+        }
         this.log.warn('the peer refused this volume', { volume: this.name, code: m.code, reason: m.reason });
         if (m.code === SyncVolumeRefusal.BOTH_PRIMARY || m.code === SyncVolumeRefusal.PEER_NEWER) this.roleConflict = true;
         this.error = `peer: ${m.reason}`;

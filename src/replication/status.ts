@@ -61,6 +61,8 @@ export interface PoolStatus {
   term: number;
   phase: string;
   reason: string | null;
+  /** managed by the cluster, unmanaged (left as it is) or exported (released on both nodes) */
+  control?: string;
   /** the pool's floating IPs, "ADDR/PREFIX on IF" */
   floatingIps?: string[];
   /** where the owner exports the pool's volumes (nbd://HOST:PORT) */
@@ -98,4 +100,16 @@ export interface NodeStatus {
   volumes: VolumeStatus[];
   /** the cluster machine's view (docs/cluster.md) */
   clusterState?: ClusterStateStatus;
+  /** this node's cluster configuration document (docs/pools.md, "The cluster configuration") */
+  config?: ConfigStatus;
+}
+
+export interface ConfigStatus {
+  epoch: number;
+  changedBy: string;
+  changedAt: string;
+  change: string;
+  hash: string;
+  /** the peer's document was changed apart from this one: neither applies; what to do */
+  diverged: string | null;
 }

@@ -105,7 +105,16 @@ export type Fault =
   | { readonly kind: 'crash'; readonly node: NodeName; readonly ms: number }
   | { readonly kind: 'revive'; readonly node: NodeName }
   | { readonly kind: 'pause'; readonly node: NodeName; readonly ms: number }
-  | { readonly kind: 'fence-broken'; readonly ms: number };
+  | { readonly kind: 'fence-broken'; readonly ms: number }
+  /** the node's gateway check fails for ms; with cut, the node is also cut from its peer and the witness meanwhile */
+  | { readonly kind: 'isolate'; readonly node: NodeName; readonly ms: number; readonly cut: boolean }
+  /** the operator, on node `via` (or the other if it cannot), sets the pool of volume slot's control for ms, then back to managed */
+  | { readonly kind: 'control'; readonly slot: number; readonly via: NodeName; readonly control: 'unmanaged' | 'exported'; readonly ms: number }
+  /**
+   * the operator removes the pool of volume slot, and once both nodes have let it go and its copies
+   * are in sync, creates a pool of the same volume under a new name, preferring `preferred`
+   */
+  | { readonly kind: 'remove'; readonly slot: number; readonly via: NodeName; readonly preferred: NodeName };
 
 export interface ScheduledFault {
   readonly at: number;
@@ -140,6 +149,31 @@ export function drawSchedule(rng: Rng, o: NemesisOptions): ScheduledFault[] {
   return out;
 }
 
+export interface OperatorOptions {
+  readonly untilMs: number;
+  readonly leaseMs: number;
+  readonly slots: number;
+}
+
+/**
+ * The operator's control changes and the gateway's failures, drawn from their own generator: a
+ * seed's faults (drawSchedule) stay what they were without them.
+ */
+export function drawOperations(rng: Rng, o: OperatorOptions): ScheduledFault[] {
+  const out: ScheduledFault[] = [];
+  for (let at = rng.int(500, 3000); at < o.untilMs; at += rng.int(500, 4000)) {
+    const node = rng.pick(NODES);
+    const slot = rng.int(0, o.slots - 1);
+    switch (rng.pick(['isolate', 'isolate', 'unmanaged', 'exported', 'remove'] as const)) {
+      case 'isolate': out.push({ at, fault: { kind: 'isolate', node, ms: rng.int(100, 8 * o.leaseMs), cut: rng.chance(0.5) } }); break;
+      case 'unmanaged': out.push({ at, fault: { kind: 'control', slot, via: node, control: 'unmanaged', ms: rng.int(100, 8 * o.leaseMs) } }); break;
+      case 'exported': out.push({ at, fault: { kind: 'control', slot, via: node, control: 'exported', ms: rng.int(100, 8 * o.leaseMs) } }); break;
+      case 'remove': out.push({ at, fault: { kind: 'remove', slot, via: node, preferred: rng.pick(NODES) } }); break;
+    }
+  }
+  return out;
+}
+
 export function describeFault(f: Fault): string {
   switch (f.kind) {
     case 'cut': return f.from === 'both' ? `cut alpha<->beta for ${f.ms} ms` : `cut ${f.from}->${other(f.from)} for ${f.ms} ms`;
@@ -148,5 +182,8 @@ export function describeFault(f: Fault): string {
     case 'revive': return `restart ${f.node} if it is down`;
     case 'pause': return `pause ${f.node} for ${f.ms} ms`;
     case 'fence-broken': return `fence device broken for ${f.ms} ms`;
+    case 'isolate': return `${f.node} cannot reach its gateway for ${f.ms} ms${f.cut ? ' (and is cut from its peer and the witness)' : ''}`;
+    case 'control': return `operator on ${f.via}: pool of volume v${f.slot} ${f.control === 'exported' ? 'exported' : 'unmanaged'} for ${f.ms} ms, then managed again`;
+    case 'remove': return `operator on ${f.via}: pool of volume v${f.slot} removed, then created again under a new name (preferring ${f.preferred}) once it can be`;
   }
 }

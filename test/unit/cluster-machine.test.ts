@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 import '../helpers/fc-seed';
 import { clusterView, initialState, leaseExpiresAt, MachineConfigError, step, type MachineState } from '../../src/cluster/machine';
-import type { FencingPolicy, MachineAction, MachineEvent, PeerMessage } from '../../src/cluster/machine-types';
+import type { FencingPolicy, MachineAction, MachineEvent, PeerMessage, PersistedState } from '../../src/cluster/machine-types';
 import {
   APART, CLAIM_RETRY, Driver, IN_SYNC, LEASE, MARGIN, START_WAIT, WITNESS_TIMEOUT, config, decision, logged, messages, none, one, only, result,
 } from '../helpers/cluster-machine';
@@ -133,9 +133,9 @@ test('a state that came before the heartbeats brought the peer up does not count
 
 // ---------------------------------------------------------------------------- not meeting the peer at start
 
-function unmet(policy: FencingPolicy): { d: Driver; acts: MachineAction[] } {
+function unmet(policy: FencingPolicy, persisted: PersistedState | null = null): { d: Driver; acts: MachineAction[] } {
   const d = new Driver(config('alpha', policy));
-  d.start(null);
+  d.start(persisted);
   d.volumes(APART);
   assert.deepEqual(d.tick(1000 + START_WAIT - 1), [], 'nothing before startWaitMs');
   return { d, acts: d.tick(1000 + START_WAIT) };
@@ -157,8 +157,23 @@ test('startWaitMs passes, policies ignore and manual: our pool activates; ignore
   assert.match(man.d.pool('p1').reason ?? '', /tandem promote/);
 });
 
-test('startWaitMs passes, policy fence: fence first, then activate ours and take over the peer\'s', () => {
+// Changed with the rule of docs/cluster.md ("Not meeting the peer at start"): a start without meeting the peer
+// fences only when the persisted state says this node fenced the peer and served alone since they last met.
+// Without it the peer may have fenced this node and written alone meanwhile: no fence, nothing activated.
+test('startWaitMs passes, policy fence, a new cluster: no fence; every pool waits ORPHANED for the peer or an operator', () => {
   const { d, acts } = unmet('fence');
+  none(acts, 'fence');
+  none(acts, 'activate');
+  assert.ok(logged(acts, 'peer-not-seen'));
+  for (const p of ['p0', 'p1']) {
+    assert.equal(d.pool(p).phase, 'ORPHANED');
+    assert.match(d.pool(p).reason ?? '', /beta not met since this node started.*waiting for beta, or an operator \(tandem promote\)/);
+  }
+  none(d.tick(1000 + START_WAIT + 60_000), 'fence');
+});
+
+test('startWaitMs passes, policy fence, this node had fenced the peer and served alone: fence first, then activate ours and take over the peer\'s', () => {
+  const { d, acts } = unmet('fence', { pools: { p0: { owner: 'alpha', term: 1 }, p1: { owner: 'beta', term: 1 } }, maintenance: false, aloneAfterFence: true });
   const f = one(acts, 'fence');
   none(acts, 'activate');
   assert.equal(d.pool('p0').phase, 'TAKING-OVER');
@@ -310,7 +325,8 @@ test('a takeover never promotes a copy that is not UpToDate: ORPHANED, naming th
 
 test('a volume that never reported counts as not UpToDate, and no fence is started for pools that could not be promoted', () => {
   const d = new Driver(config('alpha', 'fence'));
-  d.start();
+  // persisted as fenced-and-alone: without it a start that does not meet the peer never fences (see above)
+  d.start({ pools: { p0: { owner: 'alpha', term: 1 }, p1: { owner: 'beta', term: 1 } }, maintenance: false, aloneAfterFence: true });
   d.volumes({ diskState: 'Inconsistent', connected: false, inSync: false }, ['v0']);
   const acts = d.tick(1000 + START_WAIT);
   none(acts, 'fence');

@@ -1,11 +1,13 @@
 // Two cluster machines, the witness and a seeded nemesis (test/sim/cluster-sim.ts).
-// The seeds start at a fixed base so the suite is deterministic; TANDEM_SEED sets
-// another base, TANDEM_SIM_SEEDS scales how many seeds each policy runs (a failure
-// prints the seed, the fault schedule and a trace, and how to replay it).
+// Every run also has the operator change pools' control (unmanage, export, remove
+// and create again under a new name) and gateways fail (isolation), unless it says
+// operator: false. The seeds start at a fixed base so the suite is deterministic;
+// TANDEM_SEED sets another base, TANDEM_SIM_SEEDS scales how many seeds each policy
+// runs (a failure prints the seed, the fault schedule and a trace, and how to replay it).
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import { step } from '../../src/cluster/machine';
-import type { FencingPolicy, MachineAction } from '../../src/cluster/machine-types';
+import type { FencingPolicy, MachineAction, MachineConfig } from '../../src/cluster/machine-types';
 import { formatFailure, runSim, type SimOptions, type SimResult, type StepFn } from '../sim/cluster-sim';
 
 const base = Number(process.env.TANDEM_SEED ?? 20261123);
@@ -41,6 +43,11 @@ test(`fence policy, ${seeds(1500)} seeds of the faults it is made for: the same 
   assert.ok(takeovers > seeds(1500) / 4, `takeovers happened (${takeovers})`);
 });
 
+test(`fence policy, ${seeds(1500)} seeds of any faults (restarts behind a cut, with the peer paused or down): the same three checks`, () => {
+  const { takeovers } = sweep(seeds(1500), { policy: 'fence' });
+  assert.ok(takeovers > seeds(1500) / 4, `takeovers happened (${takeovers})`);
+});
+
 test(`witness policy, ${seeds(200)} seeds with startWaitMs below the lease, no takeover margin and a slow witness`, () => {
   sweep(seeds(200), { policy: 'witness', timing: { startWaitMs: 300, marginMs: 0, witnessTimeoutMs: 1000, claimRetryMs: 100 } });
 });
@@ -68,6 +75,11 @@ function caught(policy: FencingPolicy, broken: StepFn, o: Partial<SimOptions> = 
     if (r.violations.some((v) => !v.includes('liveness'))) return r;
   }
   return null;
+}
+
+/** The seed that shows it and its first violations, in the test's output. */
+function show(t: TestContext, r: SimResult): void {
+  t.diagnostic(`caught with seed ${r.seed} (policy ${r.policy}): ${r.violations.slice(0, 2).join('; ')}`);
 }
 
 test('the checker catches a machine that acknowledges writes without its peer and without asking the witness', () => {
@@ -100,15 +112,49 @@ test('under policy ignore the simulator finds the documented hazard: two writers
   assert.ok(r !== null, 'some seed shows it');
 });
 
-// ---------------------------------------------------------------------------- inherent in the design
+test('the checker catches a machine that takes over, fences or claims while its node cannot reach its gateway', (t) => {
+  const deaf: StepFn = (config, state, event) => (event.type === 'isolation' && state.started ? { state, actions: [] } : step(config, state, event));
+  const r = caught('witness', deaf);
+  assert.ok(r !== null, 'some seed shows it');
+  assert.match(r.violations.join('\n'), /while it cannot reach its gateway/);
+  show(t, r);
+});
 
-test('fence policy, any faults: a node restarted behind a one-way cut never meets its peer, fences it and promotes its outdated copy', {
-  todo: 'inherent in docs/cluster.md: after startWaitMs a node acts on the fence policy as if the peer went down at start, ' +
-    'and nothing tells it that the peer wrote alone meanwhile (its copy says UpToDate). Seed 24: alpha crashes, beta fences it ' +
-    'and writes alone, alpha restarts while beta→alpha is cut, fences beta and activates p0 at its old term 1 without beta\'s writes. ' +
-    'A fix needs the design to change: a node that starts without meeting its peer must not act on `fence` alone ' +
-    '(wait for the peer or an operator), or the fence must also mark the fenced node\'s copy Outdated where it will see it at start.',
-}, () => {
-  const r = runSim({ seed: 24, policy: 'fence' });
-  if (r.violations.length > 0) assert.fail(formatFailure(r, 'runSim({ seed: 24, policy: "fence" })'));
+test('the checker catches a machine that serves an exported pool', (t) => {
+  const managedAll = (config: MachineConfig): MachineConfig => ({ ...config, pools: config.pools.map((p) => (p.control === 'exported' ? { ...p, control: 'managed' as const } : p)) });
+  const exports: StepFn = (config, state, event) => step(managedAll(config), state, event);
+  const r = caught('witness', exports);
+  assert.ok(r !== null, 'some seed shows it');
+  assert.match(r.violations.join('\n'), /activated pool \S+, which is exported there/);
+  show(t, r);
+});
+
+test('the checker catches a machine that, under policy fence, acts alone at every start without meeting its peer', (t) => {
+  const bold: StepFn = (config, state, event) => step(config, state, event.type === 'start' && event.persisted !== null ? { ...event, persisted: { ...event.persisted, aloneAfterFence: true } } : event);
+  const r = caught('fence', bold, {}, 300);
+  assert.ok(r !== null, 'some seed shows it');
+  assert.match(r.violations.join('\n'), /missing write/);
+  show(t, r);
+});
+
+// ---------------------------------------------------------------------------- the fence policy at a start without the peer
+
+// Seed 24, as the fault schedule alone draws it (no operator): alpha crashes, beta fences it and writes
+// alone, alpha restarts while beta→alpha is cut and never meets beta. It used to fence beta and activate
+// p0 at its old term 1 without beta's writes. Now a start without meeting the peer does not act on
+// `fence` unless this node fenced the peer and served alone since they last met (persisted): alpha waits.
+test('fence policy, seed 24: a node restarted behind a one-way cut does not fence its peer nor promote its outdated copy', () => {
+  const r = runSim({ seed: 24, policy: 'fence', operator: false });
+  if (r.violations.length > 0) assert.fail(formatFailure(r, 'runSim({ seed: 24, policy: "fence", operator: false })'));
+  assert.ok(r.trace.some((l) => l.includes('alpha: [warn] peer-not-seen') && l.includes('nothing shows this node\'s copies are the newest')), 'the rule is what kept alpha waiting');
+});
+
+// Seeds the any-fault sweep found while the flag was cleared only once the copies were in sync: the fenced
+// peer rebooted and met this node (its view) before this node saw its heartbeats or in-sync facts; then it
+// fenced this node and wrote alone, and this node restarted still flagged, fenced it and promoted its outdated copy.
+test('fence policy, seeds 259, 281 and 10577: a node whose fenced peer came back does not act alone at its next start', () => {
+  for (const seed of [259, 281, 10577]) {
+    const r = runSim({ seed, policy: 'fence', operator: false });
+    if (r.violations.length > 0) assert.fail(formatFailure(r, `runSim({ seed: ${seed}, policy: "fence", operator: false })`));
+  }
 });

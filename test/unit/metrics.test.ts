@@ -115,7 +115,7 @@ test('a primary in sync: role, state sets, counters, links, pools', () => {
   assert.equal(value(samples, 'tandem_pool_owned_here', { pool: 'pool0' }), 1);
   assert.equal(value(samples, 'tandem_pool_term', { pool: 'pool0' }), 3);
   const phases = samples.filter((s) => s.name === 'tandem_pool_phase');
-  assert.equal(phases.length, 8, 'every phase, so an alert can say "== 0" without absent()');
+  assert.equal(phases.length, 9, 'every phase, so an alert can say "== 0" without absent()');
   assert.deepEqual(phases.filter((s) => s.value === 1).map((s) => s.labels.phase), ['ACTIVE']);
 });
 

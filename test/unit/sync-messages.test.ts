@@ -299,17 +299,17 @@ test('VOLUME_REFUSED: code 0 and bad reason text are refused; unknown codes are 
   ]) refusedOnEncode(refused(over));
 });
 
-test('CLUSTER: a JSON document up to 64 KiB round-trips; anything else is refused both ways', () => {
+test('CLUSTER: a JSON document up to 512 KiB (a cluster configuration document travels whole) round-trips; anything else is refused both ways', () => {
   const m: SyncMessage = { type: M.CLUSTER, json: '{"kind":"state","pools":{"p":{"owner":"alpha","term":3}},"maintenance":false}' };
   roundTrip(m);
   assert.equal(M.CLUSTER, 48);
-  assert.equal(payloadBytesMax(M.CLUSTER), 64 * 1024);
+  assert.equal(payloadBytesMax(M.CLUSTER), 512 * 1024);
   assert.deepEqual(decodeMessage(M.CLUSTER, Buffer.from('[1,2]')), { type: M.CLUSTER, json: '[1,2]' });
   for (const [name, p] of [
     ['empty', Buffer.alloc(0)],
     ['not JSON', Buffer.from('{"kind":')],
     ['invalid UTF-8', Buffer.from('22ff22', 'hex')],
-    ['over 64 KiB', Buffer.from(`"${'a'.repeat(64 * 1024)}"`)],
+    ['over 512 KiB', Buffer.from(`"${'a'.repeat(512 * 1024)}"`)],
   ] as Array<[string, Buffer]>) refusedOnDecode(name, M.CLUSTER, p);
-  for (const json of ['', '{', '\ud800', `"${'a'.repeat(64 * 1024)}"`]) refusedOnEncode({ type: M.CLUSTER, json });
+  for (const json of ['', '{', '\ud800', `"${'a'.repeat(512 * 1024)}"`]) refusedOnEncode({ type: M.CLUSTER, json });
 });

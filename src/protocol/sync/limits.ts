@@ -62,7 +62,7 @@ export const syncLimits: SyncLimits = {
   bitmapChunkBytesMax: 1024 * 1024,
   bitmapRegionBytesMin: 4096,
   bitmapRegionBytesMax: 1024 * 1024 * 1024,
-  clusterMessageBytesMax: 64 * 1024,
+  clusterMessageBytesMax: 512 * 1024,
   clusterSecretBytesMin: 16,
   clusterSecretBytesMax: 1024,
 

@@ -345,6 +345,8 @@ function nodeHealth(name) {
   if (cs?.maintenance) issues.push('maintenance on');
   else if (otherSt?.clusterState?.maintenance) issues.push(`maintenance on (${otherSt.node}'s switch)`);
   for (const p of cs?.pools ?? []) if (p.phase === 'INACTIVE' || p.phase === 'SUSPENDED') issues.push(`${p.name} ${p.phase}`);
+  for (const p of cs?.pools ?? []) if (p.control === 'unmanaged') issues.push(`${p.name} unmanaged`);
+  if (st.config?.diverged) issues.push('cluster configuration diverged: tandem config push on the node that should win');
   return issues.length === 0 ? { cls: 'ok', text: 'Healthy' } : { cls: 'degraded', text: `Degraded: ${issues.join(', ')}` };
 }
 
