@@ -78,17 +78,21 @@ export function parseWaitingConfig(text: string): WaitingConfig {
   return { raw, cfg, standInPeer, heartbeatListens, settings: sharedSettingsOf(raw) };
 }
 
-/** What `tandem cluster create` writes: the first node's file, waiting for the join. */
-export interface CreateOptions {
-  readonly clusterName: string;
-  readonly clusterId: Buffer;
-  readonly secret: Buffer;
+/** What either node's file says of the node itself. */
+export interface NodeFileOptions {
   readonly nodeName: string;
   readonly dataDir: string;
   readonly sync: string;
   readonly api: string;
   readonly nbd: string;
   readonly heartbeat: readonly string[];
+}
+
+/** What `tandem cluster create` writes: the first node's file, waiting for the join. */
+export interface CreateOptions extends NodeFileOptions {
+  readonly clusterName: string;
+  readonly clusterId: Buffer;
+  readonly secret: Buffer;
   readonly heartbeatIntervalMs?: number | undefined;
   readonly heartbeatTimeoutMs?: number | undefined;
   readonly fencingPolicy?: string | undefined;
@@ -133,13 +137,7 @@ export function joinedConfigObject(raw: Obj, peer: { name: string; syncAddress: 
   return out;
 }
 
-export interface JoinerOptions {
-  readonly nodeName: string;
-  readonly dataDir: string;
-  readonly sync: string;
-  readonly api: string;
-  readonly nbd: string;
-  readonly heartbeat: readonly string[];
+export interface JoinerOptions extends NodeFileOptions {
   readonly fenceCommand?: readonly string[] | undefined;
 }
 
