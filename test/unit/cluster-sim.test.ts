@@ -4,6 +4,7 @@
 // operator: false. The seeds start at a fixed base so the suite is deterministic;
 // TANDEM_SEED sets another base, TANDEM_SIM_SEEDS scales how many seeds each policy
 // runs (a failure prints the seed, the fault schedule and a trace, and how to replay it).
+// The sweeps add up to 10,000 schedules (2400 + 3000 + 3000 + 400 + 600 + 600), about 40 s on two cores.
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
 import { step } from '../../src/cluster/machine';
@@ -33,31 +34,31 @@ function sweep(n: number, o: Omit<SimOptions, 'seed'>): { writes: number; takeov
   return { writes, takeovers };
 }
 
-test(`witness policy, ${seeds(1200)} seeds: never two writers, never an outdated copy promoted, every pool served once the faults stop`, () => {
-  const { takeovers } = sweep(seeds(1200), { policy: 'witness' });
-  assert.ok(takeovers > seeds(1200) / 4, `takeovers happened (${takeovers})`);
+test(`witness policy, ${seeds(2400)} seeds: never two writers, never an outdated copy promoted, every pool served once the faults stop`, () => {
+  const { takeovers } = sweep(seeds(2400), { policy: 'witness' });
+  assert.ok(takeovers > seeds(2400) / 4, `takeovers happened (${takeovers})`);
 });
 
-test(`fence policy, ${seeds(1500)} seeds of the faults it is made for: the same three checks`, () => {
-  const { takeovers } = sweep(seeds(1500), { policy: 'fence', careful: true });
-  assert.ok(takeovers > seeds(1500) / 4, `takeovers happened (${takeovers})`);
+test(`fence policy, ${seeds(3000)} seeds of the faults it is made for: the same three checks`, () => {
+  const { takeovers } = sweep(seeds(3000), { policy: 'fence', careful: true });
+  assert.ok(takeovers > seeds(3000) / 4, `takeovers happened (${takeovers})`);
 });
 
-test(`fence policy, ${seeds(1500)} seeds of any faults (restarts behind a cut, with the peer paused or down): the same three checks`, () => {
-  const { takeovers } = sweep(seeds(1500), { policy: 'fence' });
-  assert.ok(takeovers > seeds(1500) / 4, `takeovers happened (${takeovers})`);
+test(`fence policy, ${seeds(3000)} seeds of any faults (restarts behind a cut, with the peer paused or down): the same three checks`, () => {
+  const { takeovers } = sweep(seeds(3000), { policy: 'fence' });
+  assert.ok(takeovers > seeds(3000) / 4, `takeovers happened (${takeovers})`);
 });
 
-test(`witness policy, ${seeds(200)} seeds with startWaitMs below the lease, no takeover margin and a slow witness`, () => {
-  sweep(seeds(200), { policy: 'witness', timing: { startWaitMs: 300, marginMs: 0, witnessTimeoutMs: 1000, claimRetryMs: 100 } });
+test(`witness policy, ${seeds(400)} seeds with startWaitMs below the lease, no takeover margin and a slow witness`, () => {
+  sweep(seeds(400), { policy: 'witness', timing: { startWaitMs: 300, marginMs: 0, witnessTimeoutMs: 1000, claimRetryMs: 100 } });
 });
 
-test(`manual policy, ${seeds(300)} seeds: the primary goes on alone, nothing is taken over, every pool served once the faults stop`, () => {
-  sweep(seeds(300), { policy: 'manual' });
+test(`manual policy, ${seeds(600)} seeds: the primary goes on alone, nothing is taken over, every pool served once the faults stop`, () => {
+  sweep(seeds(600), { policy: 'manual' });
 });
 
-test(`none policy, ${seeds(300)} seeds: never two writers (an operator must bring dropped pools back, so no liveness check)`, () => {
-  sweep(seeds(300), { policy: 'none', checkLiveness: false });
+test(`none policy, ${seeds(600)} seeds: never two writers (an operator must bring dropped pools back, so no liveness check)`, () => {
+  sweep(seeds(600), { policy: 'none', checkLiveness: false });
 });
 
 test('the same seed replays the same run', () => {
