@@ -7,6 +7,7 @@
 // apart is reported and settled by a push.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { test } from 'node:test';
 import { NbdClient } from '../helpers/nbd-client';
@@ -14,6 +15,7 @@ import { freePort, sleep, withCluster, type Cluster, type NodeStatus, type Tande
 import { apiOf, describeRun, tandem } from '../helpers/tandem-cli';
 
 const P1_IP = '127.0.0.40';
+const P2_IP = '127.0.0.48';
 const MiB = 1024 * 1024;
 
 type PoolView = NonNullable<NodeStatus['clusterState']>['pools'][number];
@@ -200,4 +202,51 @@ test('a configuration changed on both nodes apart is reported on both and settle
     const doc = (await c.alpha.status()).clusterState?.pools.map((p) => p.name).sort();
     assert.deepEqual(doc, ['pa', 'pe', 'vol0'], 'the edit added pe; pa, made at run time, stays');
   });
+});
+
+test('a pool INACTIVE because its port is taken is reattached on the other node, and an INACTIVE pool can be removed', { timeout: 300_000 }, async () => {
+  const port = await freePort(P2_IP);
+  // another program holds the pool's port on beta's side of the address
+  const squatter = net.createServer();
+  await new Promise<void>((resolve) => squatter.listen({ host: P2_IP, port }, resolve));
+  try {
+    await withCluster({
+      size: '16M', prefix: 'tandem-reattach-', fencing: { policy: 'ignore' },
+      extraConfig: () => ({ floatingIp: { driver: 'loopback' } }),
+    }, async (c) => {
+      await c.waitForStates('PRIM', 'SECOND', 60_000);
+      await cli(['pool', 'create', 'p2', '--volume', 'v2:4M', '--ip', `${P2_IP}/8`, '--port', String(port), '--node', 'beta', '--api', apiOf(c.beta)]);
+      const inactive = await until('p2 INACTIVE on beta', 60_000, async () => {
+        const p = await pool(c.beta, 'p2');
+        return p?.phase === 'INACTIVE' ? p : undefined;
+      });
+      assert.match(inactive.reason ?? '', /taken|in use|EADDRINUSE/, 'the reason names the port');
+      // reattach is asked of the owner; elsewhere it says whom to ask
+      const wrong = await tandem(['pool', 'reattach', 'p2', '--node', 'alpha', '--api', apiOf(c.alpha)]);
+      assert.equal(wrong.code, 1, describeRun(['pool', 'reattach'], wrong));
+      assert.match(wrong.stderr, /beta/);
+      // the other program lets go; the operator moves the pool to alpha
+      squatter.close();
+      await cli(['pool', 'reattach', 'p2', '--node', 'alpha', '--api', apiOf(c.beta)]);
+      await until('p2 ACTIVE on alpha', 60_000, async () => (await pool(c.alpha, 'p2'))?.phase === 'ACTIVE' && (await pool(c.alpha, 'p2'))?.owner === 'alpha');
+      const client = await NbdClient.connectUntil(P2_IP, port, Date.now() + 10_000, { exportName: 'v2' });
+      await client.write(0, pattern(3, 4096));
+      await client.disconnect();
+
+      // make it INACTIVE again on alpha, then remove it as it is
+      const squatter2 = net.createServer();
+      await cli(['pool', 'export', 'p2', '--api', apiOf(c.alpha)]);
+      await new Promise<void>((resolve) => squatter2.listen({ host: P2_IP, port }, resolve));
+      try {
+        await cli(['pool', 'import', 'p2', '--api', apiOf(c.alpha)]);
+        await until('p2 INACTIVE on alpha', 60_000, async () => (await pool(c.alpha, 'p2'))?.phase === 'INACTIVE');
+        assert.match(await cli(['pool', 'remove', 'p2', '--api', apiOf(c.alpha)]), /pool p2 removed/);
+      } finally {
+        squatter2.close();
+      }
+      for (const n of c.nodes) await until(`${n.name} forgot v2`, 20_000, async () => !(await n.status()).volumes.some((v) => v.name === 'v2'));
+    });
+  } finally {
+    squatter.close();
+  }
 });
