@@ -49,6 +49,10 @@ function readBody(req: http.IncomingMessage): Promise<Record<string, unknown>> {
   });
 }
 
+function needPool(d: NodeDaemon, pool: string): void {
+  if (!d.cfg.pools.some((p) => p.name === pool)) throw new ApiError(404, 'ERR_UNKNOWN_POOL', `no pool named ${JSON.stringify(pool)}`);
+}
+
 function bool(body: Record<string, unknown>, key: string): boolean {
   const v = body[key] ?? false;
   if (typeof v !== 'boolean') throw new ApiError(400, 'ERR_BAD_REQUEST', `${key} must be true or false`);
@@ -111,7 +115,7 @@ async function route(d: NodeDaemon, method: string, url: string, body: () => Pro
       case 'manage': message = await manage(d, pool, true); break;
       case 'unmanage': message = await manage(d, pool, false); break;
       default: {
-        if (!d.cfg.pools.some((p) => p.name === pool)) throw new ApiError(404, 'ERR_UNKNOWN_POOL', `no pool named ${JSON.stringify(pool)}`);
+        needPool(d, pool);
         if (typeof b.node !== 'string') throw new ApiError(400, 'ERR_BAD_REQUEST', 'node must name the node to activate the pool on');
         const r = await d.cluster.command({ kind: 'reattach', pool, node: b.node });
         if (!r.ok) throw new ApiError(409, 'ERR_REFUSED', r.message);
@@ -124,7 +128,7 @@ async function route(d: NodeDaemon, method: string, url: string, body: () => Pro
   if (mv !== null) {
     if (method !== 'POST') throw new ApiError(405, 'ERR_METHOD', `${url} takes POST`);
     const pool = decodeURIComponent(mv[1] as string);
-    if (!d.cfg.pools.some((p) => p.name === pool)) throw new ApiError(404, 'ERR_UNKNOWN_POOL', `no pool named ${JSON.stringify(pool)}`);
+    needPool(d, pool);
     const node = (await body()).node;
     if (typeof node !== 'string') throw new ApiError(400, 'ERR_BAD_REQUEST', 'node must name the node to move the pool to');
     return { ok: true, message: await movePool(d, pool, node), cluster: d.cluster.status() };
@@ -139,7 +143,7 @@ async function route(d: NodeDaemon, method: string, url: string, body: () => Pro
       command = { kind: 'maintenance', on: b.on };
     } else {
       const pool = decodeURIComponent(pm[1] as string);
-      if (!d.cfg.pools.some((p) => p.name === pool)) throw new ApiError(404, 'ERR_UNKNOWN_POOL', `no pool named ${JSON.stringify(pool)}`);
+      needPool(d, pool);
       command = pm[2] === 'promote' ? { kind: 'promote', pool, force: bool(b, 'force') }
         : pm[2] === 'demote' ? { kind: 'demote', pool } : { kind: 'swap', pool };
     }

@@ -6,10 +6,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { writeFileAtomic } from '../storage/atomic-file';
+import { canonicalJson } from '../util/canonical-json';
 import { ConfigError, fail } from '../util/config-fields';
 import type { Logger } from '../util/log';
 import {
-  canonicalJson, changeDocument, compareDocuments, documentHash, parseDocument, seedDocument, serializeDocument, type ClusterDocument,
+  changeDocument, compareDocuments, documentFrom, documentHash, parseDocument, seedDocument, serializeDocument, type ClusterDocument,
 } from './cluster-document';
 import { parseClusterSection, type PoolConfig, type RawSection, type SectionContext, type VolumeConfig } from './config';
 
@@ -176,11 +177,11 @@ export class ClusterConfigStore {
     return next;
   }
 
-  /** The peer's document, from a CLUSTER message (the peer may speak garbage). */
-  receive(text: string): Received {
+  /** The peer's document, as its CLUSTER message carried it (the peer may speak garbage). */
+  receive(document: unknown): Received {
     let theirs: ClusterDocument;
     try {
-      theirs = parseDocument(text, 'the peer\'s cluster configuration');
+      theirs = documentFrom(document, 'the peer\'s cluster configuration');
     } catch (e) {
       return { kind: 'refused', message: (e as Error).message };
     }
@@ -212,6 +213,7 @@ export class ClusterConfigStore {
 
   /** The CLUSTER message that carries this node's document. */
   message(): string {
-    return JSON.stringify({ kind: 'config', document: JSON.parse(serializeDocument(this.doc)) as unknown });
+    // its size was checked when it was written (every document in force was)
+    return JSON.stringify({ kind: 'config', document: { version: 1, ...this.doc } });
   }
 }

@@ -9,6 +9,7 @@
 // the configuration while apart, or their files differed from the start) have
 // diverged, and that is reported, never resolved silently.
 import { createHash } from 'node:crypto';
+import { canonicalJson } from '../util/canonical-json';
 import { ConfigError, fail, obj } from '../util/config-fields';
 
 export const documentLimits = {
@@ -33,16 +34,6 @@ export interface ClusterDocument {
 }
 
 export type Comparison = 'same' | 'theirs-newer' | 'mine-newer' | 'diverged';
-
-/** JSON with object keys sorted, so equal content hashes equally whatever the key order. */
-export function canonicalJson(v: unknown): string {
-  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
-  if (typeof v === 'object' && v !== null) {
-    const o = v as Record<string, unknown>;
-    return `{${Object.keys(o).filter((k) => o[k] !== undefined).sort().map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`).join(',')}}`;
-  }
-  return JSON.stringify(v);
-}
 
 /** The content's identity: epoch and configuration, not who made it or when (two nodes seeding the same files agree). */
 export function documentHash(d: ClusterDocument): string {
@@ -80,7 +71,7 @@ export function compareDocuments(mine: ClusterDocument, theirs: ClusterDocument)
 
 const HASH = /^[0-9a-f]{32}$/;
 
-/** A document from disk or from the peer: shape checked here, content by the node configuration's parser. */
+/** A document from disk: bounded, then checked as documentFrom does. */
 export function parseDocument(text: string, where: string): ClusterDocument {
   if (Buffer.byteLength(text) > documentLimits.bytesMax) fail(where, `larger than ${documentLimits.bytesMax} bytes`);
   let v: unknown;
@@ -89,6 +80,14 @@ export function parseDocument(text: string, where: string): ClusterDocument {
   } catch (e) {
     fail(where, `not JSON: ${(e as Error).message}`);
   }
+  return documentFrom(v, where);
+}
+
+/**
+ * A document already parsed (from disk, or inside the peer's CLUSTER message, which the sync
+ * protocol bounds): shape checked here, content by the node configuration's parser.
+ */
+export function documentFrom(v: unknown, where: string): ClusterDocument {
   const o = obj(v, where, ['version', 'epoch', 'lineage', 'changedBy', 'changedAt', 'change', 'volumes', 'pools']);
   if (o.version !== 1) fail(`${where}.version`, 'must be 1');
   if (typeof o.epoch !== 'number' || !Number.isSafeInteger(o.epoch) || o.epoch < 1) fail(`${where}.epoch`, 'must be an integer ≥ 1');

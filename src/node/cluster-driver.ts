@@ -90,8 +90,7 @@ function parsePools(v: unknown, where: string): Record<string, PoolRecord> {
 }
 
 /** A CLUSTER message's document, checked before the machine sees it (the peer may speak garbage). */
-export function parsePeerMessage(json: string): PeerMessage {
-  const v: unknown = JSON.parse(json);
+export function parsePeerMessage(v: unknown): PeerMessage {
   if (!isRecord(v)) throw new ClusterError('ERR_CLUSTER_STATE', 'CLUSTER message: not an object');
   if (v.kind === 'state') {
     if (typeof v.maintenance !== 'boolean') throw new ClusterError('ERR_CLUSTER_STATE', 'CLUSTER state: maintenance must be a boolean');
@@ -231,10 +230,11 @@ export class ClusterDriver {
     this.sendPeer(stateMessage(this.state));
   }
 
-  onPeerMessage(json: string): void {
+  /** A CLUSTER message for the machine, as parsed from its JSON. */
+  onPeerMessage(v: unknown): void {
     let message: PeerMessage;
     try {
-      message = parsePeerMessage(json);
+      message = parsePeerMessage(v);
     } catch (e) {
       this.note('warn', 'peer-garbage', `a CLUSTER message from the peer was refused: ${(e as Error).message}`);
       return;

@@ -217,16 +217,17 @@ export class NodeDaemon {
 
   /** A CLUSTER message: the peer's configuration document, or one for the cluster machine. */
   private onClusterMessage(json: string): void {
-    let document: unknown;
+    let v: unknown;
     try {
-      const v = JSON.parse(json) as { kind?: unknown; document?: unknown };
-      if (v.kind !== 'config') { this.cluster.onPeerMessage(json); return; }
-      document = v.document;
-    } catch {
-      this.cluster.onPeerMessage(json);
+      v = JSON.parse(json);
+    } catch (e) {
+      this.cluster.note('warn', 'peer-garbage', `a CLUSTER message from the peer was refused: not JSON: ${(e as Error).message}`);
       return;
     }
-    const r = this.clusterConfig.receive(JSON.stringify(document));
+    const kind = typeof v === 'object' && v !== null ? (v as { kind?: unknown }).kind : undefined;
+    if (kind !== 'config') { this.cluster.onPeerMessage(v); return; }
+    const document = (v as { document?: unknown }).document;
+    const r = this.clusterConfig.receive(document);
     switch (r.kind) {
       case 'same': return;
       case 'send-ours': this.sendConfig(); return;

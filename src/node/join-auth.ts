@@ -2,7 +2,8 @@
 // first node proves it back (docs/cluster-setup.md, "The join exchange"): a one-time nonce
 // from the first node, then HMAC-SHA256 over a canonical encoding of the join request.
 import crypto from 'node:crypto';
-import { canonicalJson, type SharedSettings } from './join-token';
+import { canonicalJson } from '../util/canonical-json';
+import type { SharedSettings } from './join-token';
 
 export const joinAuthLimits = {
   nonceBytes: 32,

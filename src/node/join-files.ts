@@ -3,9 +3,9 @@
 // `peer`, its heartbeat links listing only their `listen` side), the same file once joined,
 // and the joining node's file. Each is checked by parseNodeConfig before it is written, and
 // written with mode 0600 (it holds the cluster secret), atomically.
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { writeFileAtomic } from '../storage/atomic-file';
 import { configLimits, parseNodeConfig, type NodeConfig } from './config';
 import { ConfigError, fail, obj, type Obj } from '../util/config-fields';
 import { checkHostPort, formatHostPort, sharedSettingsOf, type HostPortText, type JoinToken, type SharedSettings } from './join-token';
@@ -171,50 +171,15 @@ export function readConfigText(file: string): string {
   return fs.readFileSync(file, 'utf8');
 }
 
-/**
- * Writes a config file so that a crash leaves the old content or the new, never a mix, with
- * mode 0600: a fresh temp file beside it, fsync, then rename over it (or, without `overwrite`,
- * a hard link, which fails if the file appeared meanwhile), then fsync the directory.
- */
+/** Writes a node file atomically with mode 0600 (writeFileAtomic); without `overwrite`, an existing file is refused and kept. */
 export function writeConfigFile(file: string, text: string, overwrite: boolean): void {
-  const dir = path.dirname(path.resolve(file));
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${crypto.randomBytes(6).toString('hex')}.tmp`);
-  const fd = fs.openSync(tmp, 'wx', 0o600);
+  const at = path.resolve(file);
+  fs.mkdirSync(path.dirname(at), { recursive: true, mode: 0o700 });
   try {
-    fs.fchmodSync(fd, 0o600);
-    fs.writeFileSync(fd, text);
-    fs.fsyncSync(fd);
+    writeFileAtomic(at, text, { replace: overwrite });
   } catch (e) {
-    fs.closeSync(fd);
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
-  fs.closeSync(fd);
-  const exists = (): Error => Object.assign(new Error(`${file} exists already: move it away, or give --force to replace it`), { code: 'EEXIST' });
-  try {
-    if (overwrite) {
-      fs.renameSync(tmp, file);
-    } else {
-      try {
-        fs.linkSync(tmp, file);
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        if (code === 'EEXIST') throw exists();
-        // a filesystem without hard links: the check and the rename are not one step there
-        if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP') throw e;
-        if (fs.existsSync(file)) throw exists();
-        fs.renameSync(tmp, file);
-      }
-    }
-  } finally {
-    fs.rmSync(tmp, { force: true });
-  }
-  const dfd = fs.openSync(dir, 'r');
-  try {
-    fs.fsyncSync(dfd);
-  } finally {
-    fs.closeSync(dfd);
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    throw Object.assign(new Error(`${file} exists already: move it away, or give --force to replace it`), { code: 'EEXIST' });
   }
 }
 

@@ -4,6 +4,7 @@
 // It holds the secret: whoever has it can join the cluster.
 import net from 'node:net';
 import { parseHostPort } from '../util/address';
+import { CodedError } from '../util/coded-error';
 import { ConfigError, fail, hex, keyPath, obj, type Obj } from '../util/config-fields';
 
 export const JOIN_TOKEN_PREFIX = 'tandem1.';
@@ -19,9 +20,9 @@ export const joinTokenLimits = {
 } as const;
 
 /** A token, a join request or a setting that is not what it must be. */
-export class JoinTokenError extends Error {
+export class JoinTokenError extends CodedError<'ERR_JOIN_TOKEN'> {
   override readonly name = 'JoinTokenError';
-  readonly code = 'ERR_JOIN_TOKEN';
+  constructor(message: string) { super('ERR_JOIN_TOKEN', message); }
 }
 
 /**
@@ -147,16 +148,6 @@ export function sharedSettingsOf(raw: Obj): SharedSettings {
     pick[section] = o;
   }
   return checkSharedSettings(pick, 'config');
-}
-
-/** JSON with every object's keys sorted: two equal settings give the same text. */
-export function canonicalJson(v: unknown): string {
-  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
-  if (typeof v === 'object' && v !== null) {
-    const o = v as Obj;
-    return `{${Object.keys(o).sort().map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`).join(',')}}`;
-  }
-  return JSON.stringify(v);
 }
 
 export function encodeJoinToken(t: JoinToken): string {

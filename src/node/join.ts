@@ -10,7 +10,8 @@ import { acceptMac, joinAuthLimits, joinKey, macMatches, NonceStore, requestMac,
 import {
   configText, isWaitingConfigText, joinedConfigObject, parseWaitingConfig, readConfigText, writeConfigFile, type WaitingConfig,
 } from './join-files';
-import { canonicalJson, checkHostPort, checkSharedSettings, formatHostPort, isNodeName } from './join-token';
+import { canonicalJson } from '../util/canonical-json';
+import { checkHostPort, checkSharedSettings, formatHostPort, isNodeName } from './join-token';
 
 export const joinApiLimits = {
   /** a join request with 8 heartbeat addresses and every setting is far below this */

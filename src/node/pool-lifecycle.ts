@@ -4,7 +4,7 @@
 // checked first; a refused command changes nothing.
 import type { PoolStatus } from '../replication/status';
 import { CodedError } from '../util/coded-error';
-import type { PoolControl } from './config';
+import type { PoolConfig, PoolControl } from './config';
 import type { NodeDaemon } from './daemon';
 
 export class LifecycleError extends CodedError<'ERR_POOL_EXISTS' | 'ERR_UNKNOWN_POOL' | 'ERR_POOL_BUSY' | 'ERR_BAD_REQUEST' | 'ERR_TIMEOUT'> {
@@ -19,12 +19,14 @@ function poolView(d: NodeDaemon, pool: string): PoolStatus | undefined {
   return d.cluster.status().pools.find((p) => p.name === pool);
 }
 
-function known(d: NodeDaemon, pool: string): PoolStatus {
-  const v = poolView(d, pool);
-  if (v === undefined || !d.cfg.pools.some((p) => p.name === pool)) {
+/** The pool as the cluster machine sees it here, and its definition in the configuration in force. */
+function known(d: NodeDaemon, pool: string): { view: PoolStatus; def: PoolConfig } {
+  const view = poolView(d, pool);
+  const def = d.cfg.pools.find((p) => p.name === pool);
+  if (view === undefined || def === undefined) {
     throw new LifecycleError('ERR_UNKNOWN_POOL', `no pool named ${JSON.stringify(pool)} (pools: ${d.cfg.pools.map((p) => p.name).join(', ') || 'none'})`);
   }
-  return v;
+  return { view, def };
 }
 
 /** Waits until the pool's view here satisfies `done`; throws ERR_TIMEOUT with what it is instead. */
@@ -68,12 +70,11 @@ export async function createPool(d: NodeDaemon, body: Record<string, unknown>): 
 
 /** `pool remove`: only a pool nobody serves (exported, or INACTIVE here); its copies' files are moved aside on both nodes. */
 export async function removePool(d: NodeDaemon, pool: string): Promise<string> {
-  const v = known(d, pool);
-  const control = d.cfg.pools.find((p) => p.name === pool)?.control;
-  if (control !== 'exported' && v.phase !== 'INACTIVE') {
+  const { view: v, def } = known(d, pool);
+  if (def.control !== 'exported' && v.phase !== 'INACTIVE') {
     throw new LifecycleError('ERR_POOL_BUSY', `pool ${pool} is ${v.phase} here (owned by ${v.owner}): export it first (tandem pool export ${pool}), or remove it while it is INACTIVE`);
   }
-  const volumes = new Set(d.cfg.pools.find((p) => p.name === pool)?.volumes ?? []);
+  const volumes = new Set(def.volumes);
   await d.changeConfig(`pool remove ${pool}`, (raw) => ({
     volumes: raw.volumes.filter((x) => !volumes.has(nameOf(x) as string)),
     pools: raw.pools.filter((x) => nameOf(x) !== pool),
@@ -90,8 +91,8 @@ async function setControl(d: NodeDaemon, pool: string, control: PoolControl, wha
 
 /** `pool export`: released on both nodes (applications, filesystem, exports, addresses, volumes SECONDARY); the data stays. */
 export async function exportPool(d: NodeDaemon, pool: string): Promise<string> {
-  const v = known(d, pool);
-  if (d.cfg.pools.find((p) => p.name === pool)?.control === 'exported') return `pool ${pool} is exported already`;
+  const { view: v, def } = known(d, pool);
+  if (def.control === 'exported') return `pool ${pool} is exported already`;
   if (v.phase === 'ACTIVATING' || v.phase === 'DEACTIVATING') throw new LifecycleError('ERR_POOL_BUSY', `pool ${pool} is ${v.phase} here: try again when it has settled`);
   const started = Date.now();
   await setControl(d, pool, 'exported', 'export');
@@ -101,8 +102,7 @@ export async function exportPool(d: NodeDaemon, pool: string): Promise<string> {
 
 /** `pool import`: managed again; its recorded owner serves it. */
 export async function importPool(d: NodeDaemon, pool: string): Promise<string> {
-  known(d, pool);
-  if (d.cfg.pools.find((p) => p.name === pool)?.control !== 'exported') throw new LifecycleError('ERR_POOL_BUSY', `pool ${pool} is not exported`);
+  if (known(d, pool).def.control !== 'exported') throw new LifecycleError('ERR_POOL_BUSY', `pool ${pool} is not exported`);
   const started = Date.now();
   await setControl(d, pool, 'managed', 'import');
   const v = await until(d, pool, 'imported', (x) => x?.phase !== 'EXPORTED' && settled(d)(x));
@@ -111,8 +111,7 @@ export async function importPool(d: NodeDaemon, pool: string): Promise<string> {
 
 /** `pool unmanage` / `pool manage`: the cluster leaves the pool as it is (services keep running), or takes it back. */
 export async function manage(d: NodeDaemon, pool: string, on: boolean): Promise<string> {
-  const v = known(d, pool);
-  const control = d.cfg.pools.find((p) => p.name === pool)?.control;
+  const { view: v, def: { control } } = known(d, pool);
   if (control === 'exported') throw new LifecycleError('ERR_POOL_BUSY', `pool ${pool} is exported: import it`);
   if (control === (on ? 'managed' : 'unmanaged')) return `pool ${pool} is ${control} already`;
   await setControl(d, pool, on ? 'managed' : 'unmanaged', on ? 'manage' : 'unmanage');

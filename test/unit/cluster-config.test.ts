@@ -96,19 +96,19 @@ test('the store: seeded once, persisted, changed with checks, and a peer documen
 
     // the peer: older → send ours; newer → adopted; garbage → refused; apart → diverged until a push
     const older = seedDocument(seed, 'beta', at);
-    assert.equal(again.receive(JSON.stringify({ version: 1, ...older })).kind, 'send-ours');
+    assert.equal(again.receive({ version: 1, ...older }).kind, 'send-ours');
     const newer = changeDocument(again.document, { volumes: [v0], pools: [p0] }, 'beta', 'pool remove p1', at);
-    const r = again.receive(JSON.stringify({ version: 1, ...newer }));
+    const r = again.receive({ version: 1, ...newer });
     assert.equal(r.kind, 'adopted');
     assert.equal(again.document.epoch, 3);
-    assert.equal(again.receive('{"version":1}').kind, 'refused');
+    assert.equal(again.receive({ version: 1 }).kind, 'refused');
     const bad = changeDocument(again.document, { volumes: [{ ...v0, size: '1G' }], pools: [p0] }, 'beta', 'grow', at);
-    const refused = again.receive(JSON.stringify({ version: 1, ...bad }));
+    const refused = again.receive({ version: 1, ...bad });
     assert.equal(refused.kind, 'refused');
     assert.equal(again.document.epoch, 3, 'a refused document changes nothing');
     const apart = changeDocument(newer, { volumes: [v0], pools: [{ ...p0, autoFailback: true }] }, 'beta', 'x', at);
     again.change('mine', (raw) => ({ volumes: raw.volumes, pools: [{ ...p0, control: 'unmanaged' }] }));
-    assert.equal(again.receive(JSON.stringify({ version: 1, ...apart })).kind, 'diverged');
+    assert.equal(again.receive({ version: 1, ...apart }).kind, 'diverged');
     assert.match(again.status().diverged ?? '', /tandem config push/);
     const pushed = again.push();
     assert.equal(compareDocuments(apart, pushed), 'theirs-newer');

@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { test } from 'node:test';
+import { canonicalJson } from '../../src/util/canonical-json';
 import { parseNodeConfig } from '../../src/node/config';
 import { acceptMac, canonicalFields, joinAuthLimits, joinKey, macMatches, NonceStore, requestMac, type JoinRequestFields } from '../../src/node/join-auth';
 import {
@@ -11,7 +12,7 @@ import {
 } from '../../src/node/join-files';
 import { parseJoinRequest } from '../../src/node/join';
 import {
-  JoinTokenError, canonicalJson, checkSharedSettings, decodeJoinToken, encodeJoinToken, joinTokenLimits, sharedSettingsOf, type JoinToken,
+  JoinTokenError, checkSharedSettings, decodeJoinToken, encodeJoinToken, joinTokenLimits, sharedSettingsOf, type JoinToken,
 } from '../../src/node/join-token';
 
 const ID = Buffer.from('00112233445566778899aabbccddeeff', 'hex');
