@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { NodeStatus } from '../replication/status';
 import { formatSize } from '../util/size';
-import { ApiCallError, ApiUnreachableError, callApi, parseApi, type ApiAddress } from './api-client';
+import { ApiCallError, ApiUnreachableError, callApi, parseApi, type ApiAddress, type ApiAnswer } from './api-client';
 import { UsageError, exitCodes } from './errors';
 import { formatElapsed, painter, parseDuration, wantsColor, type Painter } from './format';
 import { formatStatus } from './status-format';
@@ -26,6 +26,9 @@ export const adminUsage = `usage: tandem status     [--json] [--timeout DURATION
        tandem pool reattach POOL --node NODE      (an INACTIVE pool; asked of its owner)
        tandem config show|push                    (the cluster configuration document)
        tandem maintenance on|off                   (nothing moves automatically while on)
+       tandem node offline [--force]               (hand this node's pools to the peer, then leave the cluster)
+       tandem node online [--force]                (back in, once the peer took note)
+       tandem node remove NAME [--force] | add NAME   (on the other node: the peer leaves for good, or may come back)
        tandem activity   [--pool POOL] [--level warn|error] [-n LINES] [--json]
 Every command takes --api HOST:PORT: the node's node.apiListen; the default is
 $TANDEM_API, then 127.0.0.1:7780.
@@ -81,6 +84,7 @@ const COMMAND_OPTIONS: Record<string, readonly string[]> = {
   pool: ['node', 'json', 'timeout', 'volume', 'ip', 'port', 'auto-failback', 'file'],
   config: ['json', 'timeout'],
   maintenance: ['json', 'timeout'],
+  node: ['force', 'json', 'timeout'],
   activity: ['pool', 'level', 'lines', 'json', 'timeout'],
 };
 
@@ -255,6 +259,19 @@ export async function runAdmin(command: string, args: string[]): Promise<number>
     if (positionals.length !== 1 || (positionals[0] !== 'on' && positionals[0] !== 'off')) throw new UsageError('maintenance takes on or off');
     const r = await callApi(api, 'POST', '/api/v1/maintenance', { body: { on: positionals[0] === 'on' }, ...(timeoutMs === null ? {} : { timeoutMs }) });
     out(r.value, `maintenance ${positionals[0]}: ${message(r.value)}`);
+    return exitCodes.ok;
+  }
+  if (command === 'node') {
+    // tandem node offline|online [--force], tandem node remove|add NAME [--force] (docs/cluster.md, "Taking a node offline")
+    const [sub, name] = positionals;
+    const forced = values.force ? { force: true } : {};
+    const call = (path: string, body: object): Promise<ApiAnswer> => callApi(api, 'POST', path, { body, ...(timeoutMs === null ? {} : { timeoutMs }) });
+    let r: ApiAnswer;
+    if ((sub === 'offline' || sub === 'online') && positionals.length === 1) r = await call(`/api/v1/node/${sub}`, forced);
+    else if (sub === 'remove' && positionals.length === 2) r = await call(`/api/v1/nodes/${encodeURIComponent(name ?? '')}/remove`, forced);
+    else if (sub === 'add' && positionals.length === 2 && !values.force) r = await call(`/api/v1/nodes/${encodeURIComponent(name ?? '')}/add`, {});
+    else throw new UsageError('node takes offline [--force], online [--force], remove NAME [--force] or add NAME');
+    out(r.value, message(r.value));
     return exitCodes.ok;
   }
   if (command === 'config') {

@@ -18,7 +18,8 @@ commands:
   demo      serve a demo volume on this machine and print what to try next
   cluster   form a two-node cluster: tandem cluster create on the first node prints a
             join token (it holds the cluster secret), tandem cluster join TOKEN on the second
-  node      run a node: tandem node start --config FILE (tandem node check: the file only)
+  node      run a node: tandem node start --config FILE (tandem node check: the file only);
+            tandem node offline|online, node remove|add NAME: a node leaves the cluster and comes back
   status    a node's view: nodes and links, pools, volumes and resync progress (--json: as sent)
   wait-sync VOLUME   wait until a volume's two copies are in sync, with progress
   verify    compare a volume's two copies block by block (--resync repairs, --wait waits for sync first)

@@ -8,11 +8,14 @@ import { NodeDaemon } from '../node/daemon';
 import { JoinWaiter } from '../node/join';
 import { isWaitingConfigText, parseWaitingConfig, type WaitingConfig } from '../node/join-files';
 import { createLogger } from '../util/log';
+import { runAdmin } from './admin';
 import { UsageError, exitCodes } from './errors';
 import { untilStopSignal } from './signals';
 
 export const nodeUsage = `usage: tandem node start --config FILE [--debug]
        tandem node check --config FILE
+       tandem node offline|online [--force] [--api HOST:PORT]
+       tandem node remove|add NAME [--force] [--api HOST:PORT]
 
 start: runs this node in the foreground: opens (or creates) its copy of each
 volume, keeps the sync link to the peer, serves the pools it owns and the API.
@@ -25,7 +28,15 @@ docs/cluster.md and docs/pools.md; examples in deploy/examples/.
 
 check: parses the file as start would, checks that the addresses this node
 listens on belong to this host and that the fence command can be run, and
-prints a summary. Exit 0 when start would accept it, 1 when not.`;
+prints a summary. Exit 0 when start would accept it, 1 when not.
+
+offline: this node leaves the cluster: its pools go to the peer (each as with
+swap: only with the copies in sync), then it owns and takes nothing, and the
+peer needs no fence to go on without it. --force: with the peer away, its pools
+stop instead. online: back in once the peer takes note (--force: without it).
+remove NAME, on the other node: the peer leaves for good (it must be offline;
+--force: down, and the operator vouches it is powered off). add NAME: a removed
+node may come back (then tandem node online on it). docs/cluster.md.`;
 
 /** The addresses of this host's interfaces, and the wildcards that are always bindable. */
 function localAddresses(): Set<string> {
@@ -109,10 +120,12 @@ function raceStopSignal<T>(p: Promise<T>): Promise<{ kind: 'value'; value: T } |
 export async function runNode(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
   if (sub === '--help' || sub === '-h' || sub === undefined) {
-    if (sub === undefined) throw new UsageError('node needs a subcommand (start, check)');
+    if (sub === undefined) throw new UsageError('node needs a subcommand (start, check, offline, online, remove, add)');
     process.stdout.write(nodeUsage + '\n');
     return exitCodes.ok;
   }
+  // the cluster membership commands ask a running node's API
+  if (sub === 'offline' || sub === 'online' || sub === 'remove' || sub === 'add') return runAdmin('node', [sub, ...rest]);
   if (sub !== 'start' && sub !== 'check') throw new UsageError(`unknown node subcommand ${JSON.stringify(sub)}`);
   let values;
   try {

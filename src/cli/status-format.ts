@@ -28,7 +28,11 @@ function time(iso: string): string {
 
 function nodesSection(s: NodeStatus, api: string, p: Painter): string[] {
   const c = s.clusterState;
-  const rows: TableRow[] = [[s.node, 'this node', '-', '-', '-', api]];
+  const m = c?.membership;
+  // a member is the normal case: only a node that left (or is leaving, or was removed) says so
+  const self = m === undefined || m.self === 'member' ? 'this node' : `this node, ${p.paint(m.self.toUpperCase(), 'warn')}`;
+  const peer = m === undefined || m.peer === 'member' ? 'peer' : `peer, ${p.paint(m.peer.toUpperCase(), 'warn')}`;
+  const rows: TableRow[] = [[s.node, self, '-', '-', '-', api]];
   const sync = s.peer.connected ? p.paint('connected', 'good') : p.paint('not connected', 'bad');
   let heard = '-';
   let links = '-';
@@ -38,7 +42,7 @@ function nodesSection(s: NodeStatus, api: string, p: Painter): string[] {
     links = p.paint(`${l.up}/${l.total} up`, l.up === l.total ? 'good' : l.up === 0 ? 'bad' : 'warn');
   }
   // derived from the peer's sync address (docs/console.md): a guess, so it says so
-  rows.push([s.peer.name, 'peer', sync, heard, links, s.peerApi === undefined ? '-' : `${s.peerApi} (expected)`]);
+  rows.push([s.peer.name, peer, sync, heard, links, s.peerApi === undefined ? '-' : `${s.peerApi} (expected)`]);
   for (const l of c?.heartbeatLinks ?? []) {
     const up = l.up === null ? 'unknown' : l.up ? p.paint('up', 'good') : p.paint('down', 'bad');
     rows.push({ note: `heartbeat link ${l.listen} -> ${l.peer}: ${up}` });

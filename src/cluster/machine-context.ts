@@ -97,7 +97,22 @@ export class Ctx {
    * nothing here would show it (DRBD's degraded-wait-for-connection).
    */
   get mayActAlone(): boolean {
-    return this.cfg.policy !== 'fence' || this.s.peer.met || this.s.aloneAfterFence;
+    return this.cfg.policy !== 'fence' || this.s.peer.met || this.s.aloneAfterFence || this.peerOut;
+  }
+
+  /** this node takes nothing: it is leaving, offline or rejoining (docs/cluster.md, "Taking a node offline") */
+  get selfOut(): boolean {
+    return this.s.membership !== 'member';
+  }
+
+  /** the peer left (offline) or was removed here: it owns and takes nothing, and comes back only once this node took note */
+  get peerOut(): boolean {
+    return this.s.peerMembership !== 'member';
+  }
+
+  /** policies fence and none: the peer cannot be writing, so going on without it needs no fence: fenced since it was last up, offline or removed */
+  get peerCannotWrite(): boolean {
+    return this.s.peerFenced || this.peerOut;
   }
 
   /** Why a node under policy fence that has not met its peer since it started does not act alone. */
@@ -211,6 +226,14 @@ export class Ctx {
     this.setPool(name, { owner: this.cfg.self, term: p.term + 1 });
     this.log('warn', 'takeover', `pool ${name}: taking over from ${p.owner} at term ${p.term + 1}: ${why}`);
     this.activate(name, null);
+  }
+
+  /** Owner ← the peer at `term` (persisted first), then the handover goes to it. */
+  handOver(name: string, term: number, cmd: number | null): void {
+    this.setPool(name, { owner: this.cfg.peer, term });
+    this.setPhase(name, 'STANDBY', null, 'handover');
+    this.emit({ type: 'send-peer', message: { kind: 'handover', pool: name, term } });
+    if (cmd !== null) this.commandResult(cmd, true, `pool ${name} handed over to ${this.cfg.peer} at term ${term}`);
   }
 
   deactivate(name: string, deactivation: Deactivation, commandId: number | null): void {

@@ -3,11 +3,13 @@
 // the end of every step, so every decision is re-derived from the state:
 // timers are deadlines compared with the event's `now`, never callbacks.
 import type { Ctx } from './machine-context';
+import { settleMembership, settleOut } from './machine-membership';
 import { leaseExpiresAt, type PoolState } from './machine-state';
 
 export const EXPORTED_REASON = 'exported: released, its data kept; import it (control managed) to serve it again';
 
 export function reconcile(c: Ctx): void {
+  settleMembership(c);
   startWait(c);
   metPeer(c);
   leases(c);
@@ -93,6 +95,7 @@ function fenceSuspensions(c: Ctx): void {
  * claiming for it would only take the cluster down.
  */
 function wanted(c: Ctx): string[] {
+  if (c.selfOut) return [];
   const notActive = (p: PoolState): boolean => p.phase === 'ORPHANED' || p.phase === 'TAKING-OVER' || p.phase === 'STANDBY' || p.phase === 'EXPORTED';
   return c.s.pools.filter((p) => c.managed(p) && c.heldByLeaving(p) === null && (p.owner === c.cfg.peer || (!p.awaitOperator && notActive(p))) &&
     c.notUpToDate(p.name) === null).map((p) => p.name);
@@ -105,8 +108,8 @@ function requests(c: Ctx): void {
     // an isolated node does not fence: it may be the side that is cut off, and would take down the one that serves
     if (c.isolated) c.denyHeld((h) => h.waitFor === 'fence', c.isolationReason('not fencing'));
     const forAlone = c.s.heldAlone.some((h) => h.waitFor === 'fence');
-    const forTakeover = !c.maintenance && !c.isolated && c.mayActAlone && c.absent && !s.peerFenced && wanted(c).length > 0;
-    const forSuspended = !c.maintenance && !c.isolated && !c.present && !s.peerFenced && s.pools.some((p) => c.managed(p) && p.suspended?.cause === 'fence');
+    const forTakeover = !c.maintenance && !c.isolated && c.mayActAlone && c.absent && !c.peerCannotWrite && wanted(c).length > 0;
+    const forSuspended = !c.maintenance && !c.isolated && !c.present && !c.peerCannotWrite && s.pools.some((p) => c.managed(p) && p.suspended?.cause === 'fence');
     // a write waiting for the answer does not wait for the retry timer as well
     if (forAlone) c.startFence('a write must be acknowledged without the peer');
     else if ((forTakeover || forSuspended) && due(s.fenceRetryAt)) {
@@ -136,6 +139,7 @@ function settlePool(c: Ctx, name: string): void {
     return c.setPhase(name, 'EXPORTED', EXPORTED_REASON);
   }
   const { self, peer, policy } = c.cfg;
+  if (c.selfOut) return settleOut(c, name);
   if (p.confirmAfter !== null && c.s.peer.states > p.confirmAfter) c.setPool(name, { confirmAfter: null });
   const held = p.phase === 'ACTIVE' || p.phase === 'SUSPENDED' ? null : c.heldByLeaving(p);
   if (held !== null) return c.setPhase(name, 'ORPHANED', `volume ${held.volume} is still being released by pool ${held.pool}, which left the configuration`);
@@ -161,7 +165,7 @@ function settlePool(c: Ctx, name: string): void {
       case 'ignore': return c.takeover(name, `${peer} is down; policy ignore`);
       case 'fence':
         if (!c.mayActAlone) return c.setPhase(name, 'ORPHANED', c.unmetReason('not taking over'));
-        return c.s.peerFenced ? c.takeover(name, `${peer} was fenced`) : obtain(c, name, waitFence);
+        return c.peerCannotWrite ? c.takeover(name, `${peer} ${c.s.peerFenced ? 'was fenced' : `is ${c.s.peerMembership}`}`) : obtain(c, name, waitFence);
       case 'witness': return claimReady(c) ? c.takeover(name, 'the witness granted CLAIM and the peer\'s lease has run out') : obtain(c, name, waitClaim);
     }
   }
@@ -172,13 +176,15 @@ function settlePool(c: Ctx, name: string): void {
   if (c.s.peer.up) return c.setPhase(name, 'ORPHANED', `${peer} sends heartbeats but its state has not arrived: waiting for it`);
   if (!c.absent) return c.setPhase(name, 'ORPHANED', `waiting up to ${c.cfg.startWaitMs} ms to meet ${peer}`);
   if (c.maintenance) return c.setPhase(name, 'ORPHANED', `${peer} is ${c.s.peer.met ? 'down' : 'not seen'}; maintenance: not activating without it`);
-  if (c.isolated && policy !== 'none') return c.setPhase(name, 'ORPHANED', c.isolationReason(`not activating without ${peer}`));
+  if (c.isolated && (policy !== 'none' || c.peerOut)) return c.setPhase(name, 'ORPHANED', c.isolationReason(`not activating without ${peer}`));
   switch (policy) {
-    case 'none': return c.setPhase(name, 'ORPHANED', `${c.s.peer.met ? `${peer} is down` : 'peer not seen'}; policy none: an operator must promote`);
+    case 'none':
+      if (c.peerOut) return c.activateChecked(name);
+      return c.setPhase(name, 'ORPHANED', `${c.s.peer.met ? `${peer} is down` : 'peer not seen'}; policy none: an operator must promote`);
     case 'ignore': case 'manual': return c.activateChecked(name);
     case 'fence':
       if (!c.mayActAlone) return c.setPhase(name, 'ORPHANED', c.unmetReason('not activating'));
-      return c.s.peerFenced ? c.activateChecked(name) : obtain(c, name, waitFence);
+      return c.peerCannotWrite ? c.activateChecked(name) : obtain(c, name, waitFence);
     case 'witness': return claimReady(c) ? c.activateChecked(name) : obtain(c, name, waitClaim);
   }
 }
@@ -222,7 +228,7 @@ function clears(c: Ctx): void {
 }
 
 function failback(c: Ctx): void {
-  if (c.maintenance || !c.present) return;
+  if (c.maintenance || !c.present || c.selfOut || c.peerOut || c.s.peerLeaving) return;
   for (const spec of c.cfg.pools) {
     const p = c.pool(spec.name);
     if (p === undefined || !c.managed(p)) continue;

@@ -3,7 +3,7 @@
 // machine never mutates a state, it returns a new one.
 import { CodedError } from '../util/coded-error';
 import type {
-  FencingPolicy, MachineConfig, PersistedState, PoolControl, PoolPhase, PoolRecord, PoolSpec, PoolView, VolumeFacts, WitnessRequest,
+  FencingPolicy, MachineConfig, Membership, PeerMembership, PersistedState, PoolControl, PoolPhase, PoolRecord, PoolSpec, PoolView, VolumeFacts, WitnessRequest,
 } from './machine-types';
 
 export class MachineConfigError extends CodedError<'ERR_MACHINE_CONFIG'> {
@@ -23,7 +23,9 @@ export type Deactivation =
   /** control 'exported': EXPORTED once released */
   | { readonly kind: 'export' }
   /** the pool left the configuration: forgotten once released */
-  | { readonly kind: 'remove' };
+  | { readonly kind: 'remove' }
+  /** `node offline`: handed to the peer as with swap; an abort fails the offline command */
+  | { readonly kind: 'offline' };
 
 export interface PoolState {
   readonly name: string;
@@ -140,6 +142,20 @@ export interface MachineState {
   readonly aloneAfterFence: boolean;
   /** when it was set (or the start, when it was loaded): only in-sync facts reported after that clear it */
   readonly aloneAfterFenceAt: number | null;
+  /** this node's place in the cluster ('offline' and 'rejoining' persisted) */
+  readonly membership: Membership;
+  /** `node offline` in progress: the command answered once every pool owned here is with the peer */
+  readonly goingOffline: { readonly commandId: number; readonly force: boolean } | null;
+  /** `node online` waiting for the peer's state to take note */
+  readonly rejoinCommand: number | null;
+  /** persisted: counts this node's membership changes */
+  readonly membershipEpoch: number;
+  /** how this node holds the peer (persisted) */
+  readonly peerMembership: PeerMembership;
+  /** persisted: the peer's membershipEpoch as last taken from its state */
+  readonly peerEpoch: number;
+  /** the peer's newest state says it is handing its pools over to go offline */
+  readonly peerLeaving: boolean;
 }
 
 const CONTROLS: readonly PoolControl[] = ['managed', 'unmanaged', 'exported'];
@@ -205,6 +221,13 @@ export function initialState(config: MachineConfig): MachineState {
     isolation: { isolated: false, detail: '', since: null },
     aloneAfterFence: false,
     aloneAfterFenceAt: null,
+    membership: 'member',
+    goingOffline: null,
+    rejoinCommand: null,
+    membershipEpoch: 0,
+    peerMembership: 'member',
+    peerEpoch: 0,
+    peerLeaving: false,
   };
 }
 
@@ -221,12 +244,22 @@ export function newPoolState(spec: PoolSpec, owner: string, term: number): PoolS
 export function persistedOf(state: MachineState): PersistedState {
   const pools: Record<string, { owner: string; term: number }> = {};
   for (const p of state.pools) pools[p.name] = { owner: p.owner, term: p.term };
-  // written only when set: state files without it stay as they were
-  return state.aloneAfterFence ? { pools, maintenance: state.maintenance, aloneAfterFence: true } : { pools, maintenance: state.maintenance };
+  // written only when set: state files without them stay as they were
+  const offline = state.membership === 'offline' || state.membership === 'rejoining' ? state.membership : undefined;
+  const peer = state.peerMembership === 'member' ? undefined : state.peerMembership;
+  return {
+    pools, maintenance: state.maintenance,
+    ...(state.aloneAfterFence ? { aloneAfterFence: true } : {}),
+    ...(offline === undefined ? {} : { offline }),
+    ...(state.membershipEpoch === 0 ? {} : { membershipEpoch: state.membershipEpoch }),
+    ...(peer === undefined ? {} : { peer }),
+    ...(state.peerEpoch === 0 ? {} : { peerEpoch: state.peerEpoch }),
+  };
 }
 
 export function samePersisted(a: PersistedState, b: PersistedState): boolean {
   if (a.maintenance !== b.maintenance || (a.aloneAfterFence ?? false) !== (b.aloneAfterFence ?? false)) return false;
+  if (a.offline !== b.offline || a.peer !== b.peer || (a.membershipEpoch ?? 0) !== (b.membershipEpoch ?? 0) || (a.peerEpoch ?? 0) !== (b.peerEpoch ?? 0)) return false;
   const ka = Object.keys(a.pools);
   if (ka.length !== Object.keys(b.pools).length) return false;
   return ka.every((k) => {
@@ -256,8 +289,10 @@ export function leaseExpiresAt(config: MachineConfig, state: MachineState): numb
 export interface ClusterView {
   readonly started: boolean;
   readonly policy: FencingPolicy;
+  readonly membership: Membership;
   readonly peer: {
     readonly name: string;
+    readonly membership: PeerMembership;
     readonly up: boolean;
     /** up, and its state arrived since it came up: ownership compared */
     readonly met: boolean;
@@ -286,7 +321,8 @@ export function clusterView(config: MachineConfig, state: MachineState): Cluster
   return {
     started: state.started,
     policy: config.policy,
-    peer: { name: config.peer, up: state.peer.up, met: state.peer.up && state.peer.stateSinceUp, lastHeardAt: state.peer.lastHeardAt, fenced: state.peerFenced },
+    membership: state.membership,
+    peer: { name: config.peer, membership: state.peerMembership, up: state.peer.up, met: state.peer.up && state.peer.stateSinceUp, lastHeardAt: state.peer.lastHeardAt, fenced: state.peerFenced },
     isolation: state.isolation,
     aloneAfterFence: state.aloneAfterFence,
     links: l === null ? null : {

@@ -56,7 +56,27 @@ export interface PersistedState {
    * startWaitMs fence it and act alone. Absent (older state files): false.
    */
   readonly aloneAfterFence?: boolean;
+  /** this node left the cluster (`tandem node offline`), or asked to come back and awaits the peer's word. Absent: a member */
+  readonly offline?: 'offline' | 'rejoining';
+  /** how many times this node's membership changed: the peer echoes it, so an old answer is told from a new one. Absent: 0 */
+  readonly membershipEpoch?: number;
+  /** the peer left the cluster and said so, or an operator removed it here. Absent: a member */
+  readonly peer?: 'offline' | 'removed';
+  /** the peer's membershipEpoch this node last took from its state. Absent: 0 */
+  readonly peerEpoch?: number;
 }
+
+/**
+ * Where a node stands in the cluster (docs/cluster.md, "Taking a node offline"):
+ * - member: serves and takes over pools by the rules
+ * - leaving: handing its pools to the peer (`tandem node offline`), then offline
+ * - offline: owns and takes nothing; its copies mirror as secondaries; the peer needs no fence to go on without it
+ * - rejoining: asked to be a member again (`tandem node online`); still offline until the peer's state says it took note
+ */
+export type Membership = 'member' | 'leaving' | 'offline' | 'rejoining';
+
+/** How this node holds its peer: offline (it said it left) or removed (by an operator here). */
+export type PeerMembership = 'member' | 'offline' | 'removed';
 
 /**
  * A pool as this node sees it:
@@ -89,6 +109,16 @@ export type PeerMessage =
     readonly kind: 'state'; readonly pools: Readonly<Record<string, PoolRecord>>; readonly maintenance: boolean;
     /** pools the sender serves now (ACTIVE or SUSPENDED there): shows both sides an owner conflict */
     readonly active?: readonly string[];
+    /** the sender is offline (persisted): it owns and takes nothing (absent: false) */
+    readonly offline?: boolean;
+    /** the sender is handing its pools over to go offline: nothing is handed to it (absent: false) */
+    readonly leaving?: boolean;
+    /** the sender's membershipEpoch (absent: 0) */
+    readonly epoch?: number;
+    /** how the sender holds the receiver (absent: as a member) */
+    readonly youAre?: 'offline' | 'removed';
+    /** the receiver's membershipEpoch as the sender last took it (absent: 0) */
+    readonly yourEpoch?: number;
   }
   /** planned switchover: the sender has deactivated the pool and hands it over at `term` */
   | { readonly kind: 'handover'; readonly pool: string; readonly term: number };
@@ -102,7 +132,21 @@ export type Command =
    * now; node = the peer (present, the pool in sync) gets it handed over as with swap
    */
   | { readonly kind: 'reattach'; readonly pool: string; readonly node: string }
-  | { readonly kind: 'maintenance'; readonly on: boolean };
+  | { readonly kind: 'maintenance'; readonly on: boolean }
+  /**
+   * This node leaves: its pools go to the peer (as with swap: only in sync), then it owns and takes
+   * nothing until `online`. force: with the peer absent, its pools are stopped instead
+   */
+  | { readonly kind: 'offline'; readonly force: boolean }
+  /** Back from offline once the peer takes note; force: without the peer (its copies may be outdated) */
+  | { readonly kind: 'online'; readonly force: boolean }
+  /**
+   * The peer leaves the cluster for good: it must be offline, or (force) down, the operator vouching
+   * that it is powered off. A removed peer counts as fenced, and is told so when it shows up again
+   */
+  | { readonly kind: 'remove-node'; readonly node: string; readonly force: boolean }
+  /** A removed peer may come back (it is then held offline until it runs `node online`) */
+  | { readonly kind: 'add-node'; readonly node: string };
 
 export type WitnessRequest = 'claim' | 'alone' | 'clear-alone' | 'clear-fenced';
 

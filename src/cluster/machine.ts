@@ -4,6 +4,7 @@
 // every step returns a new state and the actions the daemon carries out, in
 // order ('persist' first whenever the persisted records changed).
 import { Ctx } from './machine-context';
+import { abortLeaving, isMembershipCommand, membershipCommand, membershipFields, startMembership, takePeerMembership } from './machine-membership';
 import { clearAloneAfterFence, EXPORTED_REASON, reconcile } from './machine-policy';
 import {
   checkMachineConfig, controlOf, leaseExpiresAt, MachineConfigError, newPoolState, persistedOf, samePersisted, type MachineState, type PoolState,
@@ -116,8 +117,10 @@ function start(c: Ctx, persisted: PersistedState | null): void {
     // unknown after a restart: one CLEAR each at the first meeting in sync
     clearAlone: c.cfg.policy === 'witness' ? 0 : null, clearFenced: c.cfg.policy === 'witness' ? 0 : null,
   });
+  startMembership(c, persisted);
   const control = (p: PoolState): string => (p.control === 'managed' ? '' : `, ${p.control}`);
-  c.log('info', 'start', `started (${c.cfg.policy} policy${c.s.maintenance ? ', maintenance' : ''}${c.s.aloneAfterFence ? `, ${peer} fenced by this node since they last met` : ''}): ` +
+  const out = `${c.s.membership === 'member' ? '' : `, this node ${c.s.membership}`}${c.s.peerMembership === 'member' ? '' : `, ${peer} ${c.s.peerMembership}`}`;
+  c.log('info', 'start', `started (${c.cfg.policy} policy${c.s.maintenance ? ', maintenance' : ''}${c.s.aloneAfterFence ? `, ${peer} fenced by this node since they last met` : ''}${out}): ` +
     `${pools.map((p) => `${p.name} owned by ${p.owner} at term ${p.term}${control(p)}`).join(', ') || 'no pools'}`);
 }
 
@@ -296,6 +299,7 @@ function links(c: Ctx, up: number, total: number): void {
 function peerState(c: Ctx, m: Extract<PeerMessage, { kind: 'state' }>): void {
   const { peer } = c.cfg;
   clearAloneAfterFence(c, `${peer}'s state arrived`);
+  takePeerMembership(c, m);
   if (m.maintenance !== c.s.peerMaintenance) c.log('info', 'peer-maintenance', `${peer} ${m.maintenance ? 'is in' : 'left'} maintenance`);
   const up = c.s.peer.up;
   c.set({ peerMaintenance: m.maintenance, peer: { ...c.s.peer, stateSinceUp: up, records: m.pools, active: m.active ?? [], met: c.s.peer.met || up, states: c.s.peer.states + 1 } });
@@ -349,7 +353,7 @@ function compareRecord(c: Ctx, p: PoolState, r: PoolRecord): void {
 /** This node's 'state' message: its persisted records and the pools it serves now (an owner conflict shows in those). */
 export function stateMessage(s: MachineState): PeerMessage {
   const { pools, maintenance } = persistedOf(s);
-  return { kind: 'state', pools, maintenance, active: s.pools.filter((p) => p.phase === 'ACTIVE' || p.phase === 'SUSPENDED').map((p) => p.name) };
+  return { kind: 'state', pools, maintenance, active: s.pools.filter((p) => p.phase === 'ACTIVE' || p.phase === 'SUSPENDED').map((p) => p.name), ...membershipFields(s) };
 }
 
 function adopt(c: Ctx, name: string, r: PoolRecord, why: string): void {
@@ -387,8 +391,9 @@ function handover(c: Ctx, m: Extract<PeerMessage, { kind: 'handover' }>): void {
   if (m.term <= p.term) throw new Invalid('handover-stale', `handover of pool ${m.pool} at term ${m.term}, not above ours (${p.term})`);
   c.log('info', 'handover-received', `pool ${m.pool}: ${c.cfg.peer} hands it over at term ${m.term}`);
   c.setPool(m.pool, { owner: c.cfg.self, term: m.term, awaitOperator: false });
-  // unmanaged or exported: the record only; it is activated here when it is managed again
-  if (p.control === 'managed' && p.phase !== 'ACTIVATING' && p.phase !== 'DEACTIVATING' && p.phase !== 'ACTIVE' && p.phase !== 'SUSPENDED') c.activateChecked(m.pool);
+  // unmanaged or exported: the record only; it is activated here when it is managed again. A node
+  // that is out takes the record too (the peer released the pool on it), and hands it back
+  if (p.control === 'managed' && !c.selfOut && p.phase !== 'ACTIVATING' && p.phase !== 'DEACTIVATING' && p.phase !== 'ACTIVE' && p.phase !== 'SUSPENDED') c.activateChecked(m.pool);
 }
 
 // ---------------------------------------------------------------------------- the daemon's answers
@@ -452,7 +457,7 @@ function deactivated(c: Ctx, name: string): void {
         if (cmd !== null) c.commandResult(cmd, false, `pool ${name}: ${reason}; it stays INACTIVE here`);
         return;
       }
-      handOver(c, name, p.term + 1, cmd);
+      c.handOver(name, p.term + 1, cmd);
       return;
     }
     case 'await-operator':
@@ -460,29 +465,23 @@ function deactivated(c: Ctx, name: string): void {
       c.setPhase(name, 'ORPHANED', d.reason);
       if (cmd !== null) c.commandResult(cmd, true, `pool ${name} is inactive here: ${d.reason}`);
       return;
-    case 'swap': {
+    case 'swap': case 'offline': {
       // a write the peer missed while the pool was deactivating would be lost to a handover
-      const why = !c.present ? `${c.cfg.peer} went away during the swap` : c.inSync(name);
+      const why = !c.present ? `${c.cfg.peer} went away during the ${d.kind === 'swap' ? 'swap' : 'handover'}` : c.peerOut ? `${c.cfg.peer} is ${c.s.peerMembership}`
+        : c.s.peerLeaving ? `${c.cfg.peer} is going offline` : c.inSync(name);
       if (why !== null) {
         // it stays owned here, and is activated again by the normal rules at the end of this step: at once with the
         // peer present; without it only as the policy allows (the peer may have taken it over while this node was
         // paused mid-swap: under witness that takes a CLAIM, which the witness refuses then)
         c.log('warn', 'swap-aborted', `pool ${name}: ${why}: it stays here`);
+        if (d.kind === 'offline') abortLeaving(c, `pool ${name}: ${why}`);
         if (cmd !== null) c.commandResult(cmd, false, `${why}; pool ${name} stays here`);
         c.setPhase(name, 'ORPHANED', `swap aborted: ${why}`);
         return;
       }
-      handOver(c, name, p.term + 1, cmd);
+      c.handOver(name, p.term + 1, cmd);
     }
   }
-}
-
-/** Owner ← the peer at `term` (persisted first), then the handover goes to it. */
-function handOver(c: Ctx, name: string, term: number, cmd: number | null): void {
-  c.setPool(name, { owner: c.cfg.peer, term });
-  c.setPhase(name, 'STANDBY', null, 'handover');
-  c.emit({ type: 'send-peer', message: { kind: 'handover', pool: name, term } });
-  if (cmd !== null) c.commandResult(cmd, true, `pool ${name} handed over to ${c.cfg.peer} at term ${term}`);
 }
 
 function fenceDone(c: Ctx, ok: boolean, detail: string, seq: number | undefined): void {
@@ -575,12 +574,13 @@ function aloneRequest(c: Ctx, volume: string, id: number): void {
   switch (c.cfg.policy) {
     case 'ignore': case 'manual': return c.decide(volume, id, true, `policy ${c.cfg.policy}`);
     case 'none':
+      if (c.peerOut) return c.decide(volume, id, true, `${c.cfg.peer} is ${c.s.peerMembership}: it takes nothing`);
       c.decide(volume, id, false, 'policy none');
       // unmanaged: the write fails, and the pool stays as it is
       if (c.managed(p)) c.deactivate(p.name, { kind: 'await-operator', reason: `${c.cfg.peer} did not take a write; policy none: an operator must promote` }, null);
       return;
     case 'fence':
-      if (c.s.peerFenced) return c.decide(volume, id, true, `${c.cfg.peer} is fenced`);
+      if (c.peerCannotWrite) return c.decide(volume, id, true, `${c.cfg.peer} is ${c.s.peerFenced ? 'fenced' : c.s.peerMembership}`);
       c.set({ heldAlone: [...c.s.heldAlone, { volume, id, pool: p.name, waitFor: 'fence' }] });
       return;
     case 'witness':
@@ -597,9 +597,13 @@ function command(c: Ctx, id: number, cmd: Command): void {
     c.commandResult(id, true, `maintenance ${cmd.on ? 'on' : 'off'}`);
     return;
   }
+  if (isMembershipCommand(cmd)) {
+    return membershipCommand(c, id, cmd, (why) => { c.log('warn', `${cmd.kind}-refused`, `${cmd.kind}: ${why}`); c.commandResult(id, false, why); });
+  }
   const p = c.pool(cmd.pool);
   if (p === undefined || p.leaving) throw new Invalid('unknown-pool', `${cmd.kind}: no pool ${JSON.stringify(cmd.pool)}${p === undefined ? '' : ' (it left the configuration and is being released)'}`);
   const refuse = (why: string): void => { c.log('warn', `${cmd.kind}-refused`, `${cmd.kind} ${p.name}: ${why}`); c.commandResult(id, false, why); };
+  if (c.selfOut && cmd.kind !== 'demote') return refuse(`this node is ${c.s.membership}: it takes no pool (tandem node online first)`);
   if (cmd.kind === 'reattach') return reattach(c, id, p, cmd.node, refuse);
   if (p.control !== 'managed') return refuse(`pool ${p.name} is ${p.control}: ${p.control === 'exported' ? 'import' : 'manage'} it first`);
   if (p.phase === 'ACTIVATING' || p.phase === 'DEACTIVATING') return refuse(`pool ${p.name} is ${p.phase}: try again when it is done`);
@@ -651,6 +655,7 @@ function command(c: Ctx, id: number, cmd: Command): void {
       if (!own) return refuse(`pool ${p.name} is owned by ${c.cfg.peer}`);
       if (p.phase !== 'ACTIVE') return refuse(`pool ${p.name} is ${p.phase} here, not ACTIVE`);
       if (!c.present) return refuse(`${c.cfg.peer} is not up and met`);
+      if (c.peerOut || c.s.peerLeaving) return refuse(`${c.cfg.peer} is ${c.s.peerLeaving ? 'going offline' : c.s.peerMembership}: it takes no pool`);
       if (!c.peerKnows(p.name)) return refuse(`${c.cfg.peer} has no record of pool ${p.name}: its configuration is not the same yet`);
       const why = c.inSync(p.name);
       if (why !== null) return refuse(why);
@@ -675,6 +680,7 @@ function reattach(c: Ctx, id: number, p: PoolState, node: string, refuse: (why: 
     return;
   }
   if (!c.present) return refuse(`${peer} is not up and met`);
+  if (c.peerOut || c.s.peerLeaving) return refuse(`${peer} is ${c.s.peerLeaving ? 'going offline' : c.s.peerMembership}: it takes no pool`);
   if (!c.peerKnows(p.name)) return refuse(`${peer} has no record of pool ${p.name}: its configuration is not the same yet`);
   const why = c.inSync(p.name);
   if (why !== null) return refuse(why);

@@ -133,6 +133,18 @@ async function route(d: NodeDaemon, method: string, url: string, body: () => Pro
     if (typeof node !== 'string') throw new ApiError(400, 'ERR_BAD_REQUEST', 'node must name the node to move the pool to');
     return { ok: true, message: await movePool(d, pool, node), cluster: d.cluster.status() };
   }
+  const mb = /^\/api\/v1\/(?:node\/(offline|online)|nodes\/([^/]+)\/(remove|add))$/.exec(url);
+  if (mb !== null) {
+    if (method !== 'POST') throw new ApiError(405, 'ERR_METHOD', `${url} takes POST`);
+    const b = await body();
+    const node = mb[2] === undefined ? null : decodeURIComponent(mb[2]);
+    const command: Command = mb[1] === 'offline' ? { kind: 'offline', force: bool(b, 'force') }
+      : mb[1] === 'online' ? { kind: 'online', force: bool(b, 'force') }
+        : mb[3] === 'remove' ? { kind: 'remove-node', node: node ?? '', force: bool(b, 'force') } : { kind: 'add-node', node: node ?? '' };
+    const r = await d.cluster.command(command);
+    if (!r.ok) throw new ApiError(409, 'ERR_REFUSED', r.message);
+    return { ok: true, message: r.message, cluster: d.cluster.status() };
+  }
   const pm = /^\/api\/v1\/pools\/([^/]+)\/(promote|demote|swap)$/.exec(url);
   if (pm !== null || url === '/api/v1/maintenance') {
     if (method !== 'POST') throw new ApiError(405, 'ERR_METHOD', `${url} takes POST`);

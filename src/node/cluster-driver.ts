@@ -98,7 +98,22 @@ export function parsePeerMessage(v: unknown): PeerMessage {
     if (!Array.isArray(active) || active.length > clusterLimits.poolsInMessage || !active.every((x): x is string => typeof x === 'string' && x.length <= 63)) {
       throw new ClusterError('ERR_CLUSTER_STATE', 'CLUSTER state: active must be a list of pool names');
     }
-    return { kind: 'state', pools: parsePools(v.pools, 'CLUSTER state'), maintenance: v.maintenance, active };
+    const epoch = (k: string): number | undefined => {
+      const n = v[k];
+      if (n === undefined) return undefined;
+      if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) throw new ClusterError('ERR_CLUSTER_STATE', `CLUSTER state: ${k} must be an integer ≥ 0`);
+      return n;
+    };
+    if (v.leaving !== undefined && typeof v.leaving !== 'boolean') throw new ClusterError('ERR_CLUSTER_STATE', 'CLUSTER state: leaving must be a boolean');
+    if (v.offline !== undefined && typeof v.offline !== 'boolean') throw new ClusterError('ERR_CLUSTER_STATE', 'CLUSTER state: offline must be a boolean');
+    if (v.youAre !== undefined && v.youAre !== 'offline' && v.youAre !== 'removed') throw new ClusterError('ERR_CLUSTER_STATE', 'CLUSTER state: youAre must be "offline" or "removed"');
+    const ep = epoch('epoch');
+    const yours = epoch('yourEpoch');
+    return {
+      kind: 'state', pools: parsePools(v.pools, 'CLUSTER state'), maintenance: v.maintenance, active,
+      ...(v.offline === true ? { offline: true } : {}), ...(v.leaving === true ? { leaving: true } : {}), ...(ep === undefined ? {} : { epoch: ep }),
+      ...(v.youAre === undefined ? {} : { youAre: v.youAre }), ...(yours === undefined ? {} : { yourEpoch: yours }),
+    };
   }
   if (v.kind === 'handover') {
     if (typeof v.pool !== 'string' || typeof v.term !== 'number' || !Number.isSafeInteger(v.term) || v.term < 1) {
@@ -128,7 +143,18 @@ function loadState(file: string): PersistedState | null {
     throw new ClusterError('ERR_CLUSTER_STATE', `${file}: not a version 1 cluster state`);
   }
   // absent in files written before it existed: false, the careful answer (wait for the peer)
-  return { pools: parsePools(v.pools, file), maintenance: v.maintenance, ...(v.aloneAfterFence === true ? { aloneAfterFence: true } : {}) };
+  const epoch = (k: string): number => {
+    const n = v[k] ?? 0;
+    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) throw new ClusterError('ERR_CLUSTER_STATE', `${file}: ${k} must be an integer ≥ 0`);
+    return n;
+  };
+  if (v.offline !== undefined && v.offline !== 'offline' && v.offline !== 'rejoining') throw new ClusterError('ERR_CLUSTER_STATE', `${file}: offline must be "offline" or "rejoining"`);
+  if (v.peer !== undefined && v.peer !== 'offline' && v.peer !== 'removed') throw new ClusterError('ERR_CLUSTER_STATE', `${file}: peer must be "offline" or "removed"`);
+  return {
+    pools: parsePools(v.pools, file), maintenance: v.maintenance, ...(v.aloneAfterFence === true ? { aloneAfterFence: true } : {}),
+    ...(v.offline === undefined ? {} : { offline: v.offline }), membershipEpoch: epoch('membershipEpoch'),
+    ...(v.peer === undefined ? {} : { peer: v.peer }), peerEpoch: epoch('peerEpoch'),
+  };
 }
 
 export class ClusterDriver {
@@ -309,6 +335,7 @@ export class ClusterDriver {
     return {
       policy: this.config.policy,
       maintenance: this.state.maintenance,
+      membership: { self: this.state.membership, peer: this.state.peerMembership },
       // the machine's view: what it decides on is what status shows
       peer: { up: this.state.peer.up, links: { ...(this.state.links ?? { up: 0, total: this.cfg.heartbeat.links.length }) } },
       pools: poolViews(this.state),

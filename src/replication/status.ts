@@ -83,6 +83,8 @@ export interface HeartbeatLinkStatus {
 export interface ClusterStateStatus {
   policy: string;
   maintenance: boolean;
+  /** docs/cluster.md, "Taking a node offline": this node's place, and how it holds its peer */
+  membership: { self: 'member' | 'leaving' | 'offline' | 'rejoining'; peer: 'member' | 'offline' | 'removed' };
   peer: { up: boolean; links: { up: number; total: number } };
   pools: PoolStatus[];
   heartbeat: Record<string, number>;

@@ -115,7 +115,7 @@ test('a NodeStatus with every optional part matches, and one with every nullable
       counters: { writes: 1, writeBytes: 2, peerWriteBytes: 3, peerZeroBytes: 4, resyncBytes: 5, resyncZeroBytes: 6, resyncSkippedBytes: 7 },
     }],
     clusterState: {
-      policy: 'witness', maintenance: true, peer: { up: false, links: { up: 1, total: 2 } },
+      policy: 'witness', maintenance: true, membership: { self: 'member', peer: 'offline' }, peer: { up: false, links: { up: 1, total: 2 } },
       pools: [{
         name: 'db', owner: 'alpha', term: 4, phase: 'ACTIVE', reason: 'why not', floatingIps: ['198.18.0.100/24 on eth0'], exports: ['nbd://198.18.0.100:10809'],
         filesystem: { volume: 'vol0', mountpoint: '/srv/db', mounted: true },

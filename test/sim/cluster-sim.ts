@@ -21,13 +21,13 @@
 // The operator changes the cluster configuration on one node; the change goes
 // to the other over the sync link (the newer version wins), so the two may run
 // different configurations for a while, as real nodes do.
-import { initialState, persistedOf, poolViews, step as machineStep, type MachineState, type StepResult } from '../../src/cluster/machine';
+import { initialState, poolViews, stateMessage, step as machineStep, type MachineState, type StepResult } from '../../src/cluster/machine';
 import type {
-  FencingPolicy, MachineAction, MachineConfig, MachineEvent, PeerMessage, PersistedState, PoolControl, WitnessRequest,
+  Command, FencingPolicy, MachineAction, MachineConfig, MachineEvent, PeerMessage, PersistedState, PoolControl, WitnessRequest,
 } from '../../src/cluster/machine-types';
 import { handle as witnessHandle, startWitnessState, type WitnessState } from '../../src/cluster/witness-rules';
 import type { WitnessRequestMessage } from '../../src/protocol/witness/codec';
-import { EventQueue, NODES, Rng, describeFault, drawOperations, drawSchedule, other, type Fault, type NodeName, type ScheduledFault } from './sim-support';
+import { EventQueue, NODES, Rng, describeFault, drawMembership, drawOperations, drawSchedule, other, type Fault, type NodeName, type ScheduledFault } from './sim-support';
 
 export type StepFn = (config: MachineConfig, state: MachineState, event: MachineEvent) => StepResult;
 
@@ -72,6 +72,8 @@ export interface SimOptions {
    * runs from before they existed, seed for seed).
    */
   readonly operator?: boolean;
+  /** the operator's node offline / online and remove / add, from a generator of their own (default true) */
+  readonly membership?: boolean;
 }
 
 export interface SimResult {
@@ -185,6 +187,7 @@ class World {
   /** per volume */
   readonly volumes: Record<string, { connected: boolean; resyncDoneAt: number | null; source: NodeName | null }> = {};
   readonly latest: Record<string, { id: number; node: NodeName | null; at: number }> = {};
+  nextCommand = 1;
   /** the cluster configuration's versions; a node runs the one its `version` names */
   readonly configs: Array<readonly SimPool[]> = [FIRST_POOLS];
   /** every pool name ever configured → its volume */
@@ -310,6 +313,7 @@ class World {
     const control = (pool: string): PoolControl | undefined => n.cfg.pools.find((p) => p.name === pool)?.control;
     for (const a of r.actions) {
       if (a.type === 'activate' && control(a.pool) !== undefined && control(a.pool) !== 'managed') this.violation(`${n.name} activated pool ${a.pool}, which is ${control(a.pool) ?? ''} there`);
+      if (a.type === 'activate' && r.state.membership !== 'member') this.violation(`${n.name} activated pool ${a.pool} while ${r.state.membership}`);
       if ((a.type === 'deactivate' || a.type === 'suspend') && control(a.pool) === 'unmanaged') this.violation(`${n.name}: ${a.type} of pool ${a.pool}, which is unmanaged there`);
     }
     if (!n.toldIsolated) return;
@@ -434,8 +438,7 @@ class World {
         this.epoch += 1;
         // as the daemon does on every (re)connect: the peer's machine needs ours first
         for (const n of [a, b]) {
-          const p = persistedOf(n.machine);
-          this.sendPeer(n, { kind: 'state', pools: p.pools, maintenance: p.maintenance });
+          this.sendPeer(n, stateMessage(n.machine));
         }
         this.pushConfig();
       }
@@ -718,6 +721,19 @@ class World {
         });
         break;
       }
+      case 'leave': {
+        const n = this.nodes[f.node];
+        if (!n.alive || this.paused(n)) { this.note(`operator: skipped (${describeFault(f)}): ${f.node} does not run`); return; }
+        this.command(n, { kind: 'offline', force: false });
+        if (f.remove) {
+          this.q.push(this.now + Math.floor(f.ms / 2), {
+            k: 'op', what: `node remove ${f.node}`,
+            apply: () => { const o = this.nodes[other(f.node)]; if (o.alive && !this.paused(o)) this.command(o, { kind: 'remove-node', node: f.node, force: false }); return true; },
+          });
+        }
+        this.q.push(this.now + f.ms, { k: 'op', what: `node online ${f.node}`, apply: () => this.bringOnline(f.node) });
+        break;
+      }
       case 'remove': {
         const volume = `v${f.slot}`;
         const pool = this.poolOf(volume);
@@ -732,6 +748,21 @@ class World {
   }
 
   // -------------------------------------------------------------------------- the operator and the configuration
+
+  command(n: SimNode, command: Command): void {
+    this.feed(n, { type: 'command', now: this.now, id: this.nextCommand++, command });
+  }
+
+  /** node add on the peer if it removed the node, then node online until the node is a member (each try waits for both to run). */
+  bringOnline(name: NodeName): boolean {
+    const n = this.nodes[name];
+    const o = this.nodes[other(name)];
+    if (n.machine.membership === 'member') return true;
+    if (!n.alive || this.paused(n) || !o.alive || this.paused(o)) return false;
+    if (o.machine.peerMembership === 'removed') this.command(o, { kind: 'add-node', node: name });
+    this.command(n, { kind: 'online', force: false });
+    return (n.machine.membership as string) === 'member';
+  }
 
   /** Queues a configuration change: made as soon as it can be (see change). */
   operate(what: string, via: NodeName, f: (pools: readonly SimPool[]) => readonly SimPool[]): void {
@@ -817,6 +848,7 @@ class World {
       this.q.push(this.now, { k: 'iso', node: n, gen: this.nodes[n].gen });
     }
     for (const n of NODES) if (!this.nodes[n].alive) this.fault({ kind: 'revive', node: n });
+    for (const n of NODES) this.q.push(this.now, { k: 'op', what: `node online ${n}`, apply: () => this.bringOnline(n) });
     // the operator brings every pool back under the cluster's control (pools removed come back as they can)
     this.q.push(this.now, {
       k: 'op', what: 'manage every pool',
@@ -860,8 +892,9 @@ export function runSim(o: SimOptions): SimResult {
   const faults = drawSchedule(rng, { untilMs: nemesisMs, leaseMs, witness: o.policy === 'witness', fence: o.policy === 'fence' });
   const w = new World(o, rng.chance(0.5));
   const operations = o.operator === false ? [] : drawOperations(new Rng(o.seed ^ 0x68e31da4), { untilMs: nemesisMs, leaseMs, slots: VOLUMES.length });
+  const membership = o.membership === false ? [] : drawMembership(new Rng(o.seed ^ 0x2f6b1c37), { untilMs: nemesisMs, leaseMs, slots: VOLUMES.length });
   // by time; at equal times the faults first (the sort is stable)
-  const schedule: ScheduledFault[] = [...faults, ...operations].sort((a, b) => a.at - b.at);
+  const schedule: ScheduledFault[] = [...faults, ...operations, ...membership].sort((a, b) => a.at - b.at);
   for (const s of schedule) w.q.push(s.at, { k: 'fault', fault: s.fault });
   w.q.push(nemesisMs, { k: 'end' });
   for (const n of NODES) w.boot(w.nodes[n]);

@@ -114,7 +114,12 @@ export type Fault =
    * the operator removes the pool of volume slot, and once both nodes have let it go and its copies
    * are in sync, creates a pool of the same volume under a new name, preferring `preferred`
    */
-  | { readonly kind: 'remove'; readonly slot: number; readonly via: NodeName; readonly preferred: NodeName };
+  | { readonly kind: 'remove'; readonly slot: number; readonly via: NodeName; readonly preferred: NodeName }
+  /**
+   * the operator takes the node offline (its pools go to the peer), and ms later online again; with
+   * remove, the peer removes it meanwhile and adds it back before it comes online
+   */
+  | { readonly kind: 'leave'; readonly node: NodeName; readonly ms: number; readonly remove: boolean };
 
 export interface ScheduledFault {
   readonly at: number;
@@ -174,6 +179,15 @@ export function drawOperations(rng: Rng, o: OperatorOptions): ScheduledFault[] {
   return out;
 }
 
+/** The operator's node offline / online (and remove / add), from a generator of their own: the other schedules stay as they were. */
+export function drawMembership(rng: Rng, o: OperatorOptions): ScheduledFault[] {
+  const out: ScheduledFault[] = [];
+  for (let at = rng.int(1000, 5000); at < o.untilMs; at += rng.int(2000, 8000)) {
+    out.push({ at, fault: { kind: 'leave', node: rng.pick(NODES), ms: rng.int(200, 10 * o.leaseMs), remove: rng.chance(0.3) } });
+  }
+  return out;
+}
+
 export function describeFault(f: Fault): string {
   switch (f.kind) {
     case 'cut': return f.from === 'both' ? `cut alpha<->beta for ${f.ms} ms` : `cut ${f.from}->${other(f.from)} for ${f.ms} ms`;
@@ -185,5 +199,6 @@ export function describeFault(f: Fault): string {
     case 'isolate': return `${f.node} cannot reach its gateway for ${f.ms} ms${f.cut ? ' (and is cut from its peer and the witness)' : ''}`;
     case 'control': return `operator on ${f.via}: pool of volume v${f.slot} ${f.control === 'exported' ? 'exported' : 'unmanaged'} for ${f.ms} ms, then managed again`;
     case 'remove': return `operator on ${f.via}: pool of volume v${f.slot} removed, then created again under a new name (preferring ${f.preferred}) once it can be`;
+    case 'leave': return `operator: node offline on ${f.node} for ${f.ms} ms${f.remove ? `, removed on ${other(f.node)} meanwhile and added back` : ''}, then node online`;
   }
 }

@@ -25,7 +25,7 @@ function status(over: Partial<NodeStatus> = {}): NodeStatus {
     node: 'alpha', cluster: 'demo', peer: { name: 'beta', connected: true }, peerApi: '127.0.0.3:7780',
     volumes: [volume()],
     clusterState: {
-      policy: 'witness', maintenance: false, peer: { up: true, links: { up: 1, total: 2 } },
+      policy: 'witness', maintenance: false, membership: { self: 'member', peer: 'offline' }, peer: { up: true, links: { up: 1, total: 2 } },
       pools: [{ name: 'pool0', owner: 'alpha', term: 3, phase: 'ACTIVE', reason: null, floatingIps: ['127.0.0.10/8 on lo'], exports: ['nbd://127.0.0.10:10809'] }],
       heartbeat: { sent: 100, accepted: 98, badMac: 2 },
       activity: [],
