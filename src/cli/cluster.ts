@@ -257,7 +257,7 @@ async function join(args: string[]): Promise<number> {
   } catch (e) {
     if (!(e instanceof ApiCallError && e.httpStatus === 404)) throw e;
     // a node running as usual: joined already. By this node, whose answer was lost?
-    if (!(await namesAsPeer(api, token, name, own.sync))) {
+    if (!(await namesAsPeer(api, token, name, own))) {
       throw new ApiCallError('ERR_NOT_WAITING', `the node at ${api.text} does not wait for a join: it has a peer already, or it was not made by tandem cluster create`, 404);
     }
     writeConfigFile(file, text, v.force === true);
@@ -272,7 +272,7 @@ async function join(args: string[]): Promise<number> {
     throw new ApiCallError('ERR_WRONG_NODE', `the node at ${api.text} is ${JSON.stringify(offer.node)}, not ${first.name} as the token says`);
   }
   const fields: JoinRequestFields = {
-    clusterId: token.cluster.id.toString('hex'), node: name, syncAddress: own.sync, heartbeat: own.heartbeat, settings: token.settings, nonce: offer.nonce,
+    clusterId: token.cluster.id.toString('hex'), node: name, syncAddress: own.sync, apiAddress: own.api, heartbeat: own.heartbeat, settings: token.settings, nonce: offer.nonce,
   };
   const key = joinKey(token.cluster.id, token.cluster.secret);
   const mac = requestMac(key, fields).toString('hex');
@@ -307,13 +307,14 @@ function written(name: string, file: string): string[] {
  * lost. Its status is not signed, but nothing from it goes into the file: the file is what the
  * token and the options make, as after an answered join.
  */
-async function namesAsPeer(api: ApiAddress, token: JoinToken, name: string, sync: string): Promise<boolean> {
+async function namesAsPeer(api: ApiAddress, token: JoinToken, name: string, own: { sync: string; api: string }): Promise<boolean> {
   try {
     const s = (await callApi(api, 'GET', '/api/v1/status', { timeoutMs: 10_000 })).value as Partial<NodeStatus> | null;
     const peerApiHost = typeof s?.peerApi === 'string' ? parseHostPort(s.peerApi) : undefined;
-    const syncHost = (parseHostPort(sync) as { host: string }).host;
+    // the peer's API as it recorded it at the join (this node's --api), or as guessed from the sync host
+    const hosts = [own.sync, own.api].map((a) => (parseHostPort(a) as { host: string }).host);
     return s?.node === token.node.name && s.cluster === token.cluster.name && s.peer?.name === name &&
-      (peerApiHost === undefined || typeof peerApiHost === 'string' || peerApiHost.host === syncHost);
+      (peerApiHost === undefined || typeof peerApiHost === 'string' || hosts.includes(peerApiHost.host));
   } catch {
     return false;
   }

@@ -42,7 +42,7 @@ function nodesSection(s: NodeStatus, api: string, p: Painter): string[] {
     links = p.paint(`${l.up}/${l.total} up`, l.up === l.total ? 'good' : l.up === 0 ? 'bad' : 'warn');
   }
   // derived from the peer's sync address (docs/console.md): a guess, so it says so
-  rows.push([s.peer.name, peer, sync, heard, links, s.peerApi === undefined ? '-' : `${s.peerApi} (expected)`]);
+  rows.push([s.peer.name, peer, sync, heard, links, s.peerApi === undefined ? '-' : s.peerApiConfigured === true ? s.peerApi : `${s.peerApi} (expected)`]);
   for (const l of c?.heartbeatLinks ?? []) {
     const up = l.up === null ? 'unknown' : l.up ? p.paint('up', 'good') : p.paint('down', 'bad');
     rows.push({ note: `heartbeat link ${l.listen} -> ${l.peer}: ${up}` });

@@ -106,7 +106,8 @@ export interface NodeConfig {
     readonly name: string; readonly dataDir: string;
     readonly syncListen: HostPort; readonly apiListen: HostPort; readonly nbdListen: HostPort;
   };
-  readonly peer: { readonly name: string; readonly syncAddress: HostPort };
+  /** apiAddress: where the peer's API answers (written by tandem cluster join; absent: guessed, docs/console.md) */
+  readonly peer: { readonly name: string; readonly syncAddress: HostPort; readonly apiAddress?: HostPort };
   readonly sync: { readonly pingIntervalMs: number; readonly timeoutMs: number; readonly reconnectMs: number };
   readonly heartbeat: HeartbeatConfig;
   readonly fencing: FencingConfig;
@@ -179,7 +180,7 @@ export function parseNodeConfig(text: string): NodeConfig {
   const top = obj(raw, 'config', ['cluster', 'node', 'peer', 'sync', 'heartbeat', 'fencing', 'volumes', 'pools', 'floatingIp', 'faults', 'notify']);
   const c = obj(top.cluster, 'cluster', ['name', 'id', 'secret']);
   const n = obj(top.node, 'node', ['name', 'dataDir', 'syncListen', 'apiListen', 'nbdListen']);
-  const p = obj(top.peer, 'peer', ['name', 'syncAddress']);
+  const p = obj(top.peer, 'peer', ['name', 'syncAddress', 'apiAddress']);
   const s = obj(top.sync ?? {}, 'sync', ['pingIntervalMs', 'timeoutMs', 'reconnectMs']);
   const pingIntervalMs = int(s, 'pingIntervalMs', 'sync', 500, 10, 60_000);
   const timeoutMs = int(s, 'timeoutMs', 'sync', 3000, 30, 600_000);
@@ -200,7 +201,7 @@ export function parseNodeConfig(text: string): NodeConfig {
       name: nodeName, dataDir: str(n, 'dataDir', 'node'),
       syncListen, apiListen: hostPort(n, 'apiListen', 'node'), nbdListen,
     },
-    peer: { name: peerName, syncAddress },
+    peer: { name: peerName, syncAddress, ...(p.apiAddress === undefined ? {} : { apiAddress: hostPort(p, 'apiAddress', 'peer') }) },
     sync: { pingIntervalMs, timeoutMs, reconnectMs: int(s, 'reconnectMs', 'sync', 500, 10, 600_000) },
     heartbeat,
     fencing,

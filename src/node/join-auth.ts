@@ -51,6 +51,8 @@ export interface JoinRequestFields {
   readonly node: string;
   /** where the first node reaches the joining node's sync listener */
   readonly syncAddress: string;
+  /** where the first node (and a console on it) reaches the joining node's API */
+  readonly apiAddress: string;
   /** the joining node's heartbeat listen addresses, in link order (empty: the default link) */
   readonly heartbeat: readonly string[];
   /** the shared settings the joining node will write, from the token */
@@ -60,7 +62,7 @@ export interface JoinRequestFields {
 }
 
 export function requestMac(key: Buffer, r: JoinRequestFields): Buffer {
-  const data = canonicalFields(['tandem-join-request-v1', r.clusterId, r.nonce, r.node, r.syncAddress, r.heartbeat, canonicalJson(r.settings)]);
+  const data = canonicalFields(['tandem-join-request-v2', r.clusterId, r.nonce, r.node, r.syncAddress, r.apiAddress, r.heartbeat, canonicalJson(r.settings)]);
   return crypto.createHmac('sha256', key).update(data).digest();
 }
 

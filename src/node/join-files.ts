@@ -124,11 +124,11 @@ export function waitingConfigObject(o: CreateOptions): Obj {
  * The first node's file once joined: `peer` after `node`, and link i's `peer` the joining
  * node's heartbeat address i. Everything else stays as it was.
  */
-export function joinedConfigObject(raw: Obj, peer: { name: string; syncAddress: string }, peerHeartbeat: readonly string[]): Obj {
+export function joinedConfigObject(raw: Obj, peer: { name: string; syncAddress: string; apiAddress: string }, peerHeartbeat: readonly string[]): Obj {
   const out: Obj = {};
   for (const [k, v] of Object.entries(raw)) {
     out[k] = v;
-    if (k === 'node') out.peer = { name: peer.name, syncAddress: peer.syncAddress };
+    if (k === 'node') out.peer = { name: peer.name, syncAddress: peer.syncAddress, apiAddress: peer.apiAddress };
   }
   const h = raw.heartbeat as Obj | undefined;
   if (h !== undefined && Array.isArray(h.links)) {
@@ -146,7 +146,7 @@ export function joinerConfigObject(t: JoinToken, o: JoinerOptions): Obj {
   const out: Obj = {
     cluster: { name: t.cluster.name, id: t.cluster.id.toString('hex'), secret: t.cluster.secret.toString('hex') },
     node: { name: o.nodeName, dataDir: o.dataDir, syncListen: o.sync, apiListen: o.api, nbdListen: o.nbd },
-    peer: { name: t.node.name, syncAddress: t.node.sync.text },
+    peer: { name: t.node.name, syncAddress: t.node.sync.text, apiAddress: t.node.api.text },
   };
   const s = t.settings;
   if (s.sync !== undefined) out.sync = { ...s.sync };

@@ -69,7 +69,7 @@ function readBody(req: http.IncomingMessage): Promise<Record<string, unknown>> {
   });
 }
 
-const REQUEST_KEYS = ['clusterId', 'node', 'syncAddress', 'heartbeat', 'settings', 'nonce', 'mac'];
+const REQUEST_KEYS = ['clusterId', 'node', 'syncAddress', 'apiAddress', 'heartbeat', 'settings', 'nonce', 'mac'];
 
 /** The join request's fields, each checked; anything else is a 400 naming the field. */
 export function parseJoinRequest(b: Record<string, unknown>): JoinRequestFields & { mac: string } {
@@ -85,10 +85,12 @@ export function parseJoinRequest(b: Record<string, unknown>): JoinRequestFields 
   const mac = hexOf('mac', 32);
   if (typeof b.node !== 'string' || !isNodeName(b.node)) bad('node must be a node name (letters, digits, \'.\', \'_\', \'-\'; at most 63)');
   let syncAddress = '';
+  let apiAddress = '';
   let heartbeat: string[] = [];
   let settings;
   try {
     syncAddress = checkHostPort(b.syncAddress, 'syncAddress').text;
+    apiAddress = checkHostPort(b.apiAddress, 'apiAddress').text;
     const hb = b.heartbeat ?? [];
     if (!Array.isArray(hb) || hb.length > 8) bad('heartbeat must be a list of at most 8 addresses');
     heartbeat = (hb as unknown[]).map((h, i) => checkHostPort(h, `heartbeat[${i}]`, true).text);
@@ -97,7 +99,7 @@ export function parseJoinRequest(b: Record<string, unknown>): JoinRequestFields 
     if (e instanceof ConfigError) bad(e.message);
     throw e;
   }
-  return { clusterId, node: b.node as string, syncAddress, heartbeat, settings: settings ?? {}, nonce, mac };
+  return { clusterId, node: b.node as string, syncAddress, apiAddress, heartbeat, settings: settings ?? {}, nonce, mac };
 }
 
 /** Serves the waiting API of the node whose config is `file` until a join is accepted or close() is called. */
@@ -249,7 +251,7 @@ export class JoinWaiter {
     if (r.syncAddress === ownSync) throw new JoinRefused(409, 'ERR_ADDRESS', `${r.syncAddress} is node ${self}'s own sync address`);
     let joined: string;
     try {
-      joined = configText(joinedConfigObject(w.raw, { name: r.node, syncAddress: r.syncAddress }, r.heartbeat));
+      joined = configText(joinedConfigObject(w.raw, { name: r.node, syncAddress: r.syncAddress, apiAddress: r.apiAddress }, r.heartbeat));
     } catch (e) {
       if (e instanceof ConfigError) throw new JoinRefused(409, 'ERR_CONFIG', `with this node as its peer, ${self}'s configuration would be refused: ${e.message}`);
       throw e;

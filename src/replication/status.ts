@@ -97,8 +97,10 @@ export interface NodeStatus {
   node: string;
   cluster: string;
   peer: { name: string; connected: boolean };
-  /** where the peer's API is expected, "HOST:PORT": the peer's sync host with this node's API port (docs/console.md) */
+  /** where the peer's API is, "HOST:PORT": peer.apiAddress of the node file, or guessed (docs/console.md) */
   peerApi?: string;
+  /** peerApi comes from the node file (true), or is the peer's sync host with this node's API port (false) */
+  peerApiConfigured?: boolean;
   volumes: VolumeStatus[];
   /** the cluster machine's view (docs/cluster.md) */
   clusterState?: ClusterStateStatus;

@@ -10,7 +10,7 @@ export interface StatusSource {
   status(): NodeStatus;
   readonly cfg: {
     readonly node: { readonly apiListen: HostPort };
-    readonly peer: { readonly syncAddress: HostPort };
+    readonly peer: { readonly syncAddress: HostPort; readonly apiAddress?: HostPort };
     readonly heartbeat: { readonly links: ReadonlyArray<{ readonly listen: HostPort; readonly peer: HostPort }> };
   };
   readonly cluster: object;
@@ -21,12 +21,15 @@ function hostPort(a: HostPort): string {
 }
 
 /**
- * The peer's API is not configured anywhere: expect it on the peer's sync host at this node's
- * API port, which holds when both nodes are configured alike (tandem demo, and the layout
- * docs/mirroring.md shows). The console checks that the answer there names the peer.
+ * The peer's API: as the node file says (`peer.apiAddress`, which tandem cluster join writes);
+ * otherwise expected on the peer's sync host at this node's API port, which holds when both
+ * nodes are configured alike (tandem demo, and the layout docs/mirroring.md shows). The console
+ * checks that the answer there names the peer.
  */
-export function derivePeerApi(s: StatusSource): string {
-  return hostPort({ host: s.cfg.peer.syncAddress.host, port: s.cfg.node.apiListen.port });
+export function derivePeerApi(s: StatusSource): { address: string; configured: boolean } {
+  const a = s.cfg.peer.apiAddress;
+  if (a !== undefined) return { address: hostPort(a), configured: true };
+  return { address: hostPort({ host: s.cfg.peer.syncAddress.host, port: s.cfg.node.apiListen.port }), configured: false };
 }
 
 /**
@@ -61,7 +64,7 @@ export function nodeStatus(s: StatusSource): NodeStatus {
   const c = st.clusterState;
   return {
     ...st,
-    peerApi: derivePeerApi(s),
+    ...(() => { const p = derivePeerApi(s); return { peerApi: p.address, peerApiConfigured: p.configured }; })(),
     ...(c === undefined ? {} : { clusterState: { ...c, heartbeatLinks: heartbeatLinks(s, c.peer.links) } }),
   };
 }

@@ -255,8 +255,10 @@ test('cluster create, node start (waits), cluster join, node start: two nodes th
     assert.equal(ca.cluster.secret.length, 32);
     assert.equal(ca.cluster.name, 'store');
     assert.equal(cb.cluster.name, 'store');
-    assert.deepEqual(ca.peer, { name: 'beta', syncAddress: hb });
-    assert.deepEqual(cb.peer, { name: 'alpha', syncAddress: ha });
+    // each file records where the other's API answers: the console and wait-sync read the peer there
+    assert.deepEqual(ca.peer, { name: 'beta', syncAddress: hb, apiAddress: hostPortOf(b.api) });
+    assert.deepEqual(cb.peer, { name: 'alpha', syncAddress: ha, apiAddress: hostPortOf(a.api) });
+    assert.deepEqual([sa.peerApi, sa.peerApiConfigured, sb.peerApi, sb.peerApiConfigured], [b.api, true, a.api, true]);
     for (const c of [ca, cb]) {
       assert.equal(c.heartbeat.intervalMs, 100);
       assert.equal(c.heartbeat.timeoutMs, 600);
@@ -329,7 +331,7 @@ test('two heartbeat links and the fence policy: link i pairs with link i, each n
 /** A signed join request as `tandem cluster join` makes it, for the cases the command never sends. */
 function signedRequest(t: JoinToken, over: Partial<JoinRequestFields>): Record<string, unknown> {
   const fields: JoinRequestFields = {
-    clusterId: t.cluster.id.toString('hex'), node: 'beta', syncAddress: `${HOSTS.refuseB}:7788`, heartbeat: [], settings: t.settings,
+    clusterId: t.cluster.id.toString('hex'), node: 'beta', syncAddress: `${HOSTS.refuseB}:7788`, apiAddress: `${HOSTS.refuseB}:7780`, heartbeat: [], settings: t.settings,
     nonce: '00'.repeat(32), ...over,
   };
   return { ...fields, mac: requestMac(joinKey(t.cluster.id, t.cluster.secret), fields).toString('hex') };

@@ -114,7 +114,7 @@ test('shared settings: only the keys both nodes must agree on, compared canonica
 
 function fields(over: Partial<JoinRequestFields> = {}): JoinRequestFields {
   return {
-    clusterId: ID.toString('hex'), node: 'beta', syncAddress: '192.0.2.2:7788', heartbeat: ['198.51.100.2:7789'],
+    clusterId: ID.toString('hex'), node: 'beta', syncAddress: '192.0.2.2:7788', apiAddress: '198.51.100.2:7780', heartbeat: ['198.51.100.2:7789'],
     settings: { heartbeat: { intervalMs: 100 } }, nonce: 'ab'.repeat(32), ...over,
   };
 }
@@ -213,19 +213,20 @@ test('files: the waiting file, the first node once joined, and the joining node 
   const t = tokenOf(w);
   assert.deepEqual(decodeJoinToken(encodeJoinToken(t)), t);
 
-  const joined = parseNodeConfig(configText(joinedConfigObject(w.raw, { name: 'beta', syncAddress: '127.0.0.42:7788' }, ['127.0.0.42:7791', '127.0.0.44:7791'])));
+  const joined = parseNodeConfig(configText(joinedConfigObject(w.raw, { name: 'beta', syncAddress: '127.0.0.42:7788', apiAddress: '127.0.0.44:7780' }, ['127.0.0.42:7791', '127.0.0.44:7791'])));
+  assert.deepEqual(joined.peer.apiAddress, { host: '127.0.0.44', port: 7780 }, 'the peer\'s API as it said at the join');
   assert.equal(joined.peer.name, 'beta');
   assert.deepEqual(joined.heartbeat.links.map((l) => [`${l.listen.host}:${l.listen.port}`, `${l.peer.host}:${l.peer.port}`]),
     [['127.0.0.41:7791', '127.0.0.42:7791'], ['127.0.0.43:7791', '127.0.0.44:7791']]);
   assert.deepEqual(joined.fencing.command, ['/bin/true', 'beta']);
-  assert.equal(isWaitingConfigText(configText(joinedConfigObject(w.raw, { name: 'beta', syncAddress: '127.0.0.42:7788' }, ['127.0.0.42:7791', '127.0.0.44:7791']))), false);
+  assert.equal(isWaitingConfigText(configText(joinedConfigObject(w.raw, { name: 'beta', syncAddress: '127.0.0.42:7788', apiAddress: '127.0.0.42:7780' }, ['127.0.0.42:7791', '127.0.0.44:7791']))), false);
 
   const joiner = parseNodeConfig(configText(joinerConfigObject(t, {
     nodeName: 'beta', dataDir: '/var/lib/tandem', sync: '127.0.0.42:7788', api: '127.0.0.42:7780', nbd: '127.0.0.42:10809',
     heartbeat: ['127.0.0.42:7791', '127.0.0.44:7791'], fenceCommand: ['/bin/true', 'alpha'],
   })));
   assert.deepEqual(joiner.cluster, joined.cluster);
-  assert.deepEqual(joiner.peer, { name: 'alpha', syncAddress: { host: '127.0.0.41', port: 7788 } });
+  assert.deepEqual(joiner.peer, { name: 'alpha', syncAddress: { host: '127.0.0.41', port: 7788 }, apiAddress: { host: '127.0.0.41', port: 7780 } });
   assert.deepEqual(joiner.heartbeat.links.map((l) => [l.peer, l.listen]), joined.heartbeat.links.map((l) => [l.listen, l.peer]));
   assert.equal(joiner.heartbeat.intervalMs, 100);
   assert.equal(joiner.fencing.policy, 'fence');
