@@ -2,9 +2,10 @@
 // against a real `tandem demo`: it shows both nodes, vol0 PRIM and SECOND; a
 // kill -9 of the secondary turns the primary ALONE on screen within 3 s,
 // without a reload; the restarted node's resync shows as SYNCING and then
-// SECOND; Swap (confirmed in its dialog) exchanges the roles; and when the
+// SECOND; Swap (confirmed in its dialog) exchanges the roles; when the
 // node that served the page dies, the page keeps what it knew, marked stale,
-// and comes back live when the node does. Screenshots of every state go to
+// and comes back live when the node does; then that node is taken offline and
+// brought online from the console (each confirmed). Screenshots of every state go to
 // a directory the test prints. Assertions read roles and accessible names.
 // Along the way: the event stream's contract by plain HTTP, and GET /metrics
 // agreeing with what the page shows.
@@ -231,6 +232,22 @@ test('the web console follows a demo cluster live: both nodes, kill -9, resync, 
     await waitForState(page, 'vol0', 'alpha', 'SECOND', Date.now() + 120_000);
     await page.getByRole('status', { name: 'Connection' }).filter({ hasText: /^Live: alpha/ }).waitFor({ timeout: 10_000 });
     await shot(t, page, '8-own-node-back');
+
+    // 6. alpha leaves the cluster from its console (it owns nothing now: nothing to hand over), and comes back
+    await page.getByRole('button', { name: 'Take alpha offline…' }).click();
+    const offline = page.getByRole('dialog', { name: 'Take alpha offline?' });
+    await offline.waitFor({ timeout: 5000 });
+    await offline.getByRole('button', { name: 'Take offline', exact: true }).click();
+    const alphaCard = page.getByRole('article', { name: 'Node alpha' });
+    await alphaCard.getByText(/^offline · holds beta as a member$/).waitFor({ timeout: 15_000 });
+    await page.getByRole('article', { name: 'Node beta' }).getByText(/^member · holds alpha offline$/).waitFor({ timeout: 15_000 });
+    await shot(t, page, '9-alpha-offline');
+    await page.getByRole('button', { name: 'Bring alpha online…' }).click();
+    const online = page.getByRole('dialog', { name: 'Bring alpha online?' });
+    await online.waitFor({ timeout: 5000 });
+    await online.getByRole('button', { name: 'Bring online', exact: true }).click();
+    await alphaCard.getByText(/^member · holds beta as a member$/).waitFor({ timeout: 15_000 });
+    await page.getByRole('button', { name: 'Take alpha offline…' }).waitFor({ timeout: 5000 });
 
     assert.deepEqual(pageErrors, [], 'the page threw');
   } catch (e) {

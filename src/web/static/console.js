@@ -342,6 +342,10 @@ function nodeHealth(name) {
   else if (cs && cs.peer.links.up < cs.peer.links.total) issues.push(`${cs.peer.links.total - cs.peer.links.up} of ${cs.peer.links.total} heartbeat links down`);
   if (!st.peer.connected) issues.push('sync link down');
   for (const vol of st.volumes) if (vol.state !== 'PRIM' && vol.state !== 'SECOND') issues.push(`${vol.name} ${vol.state}`);
+  // a node that left (or is leaving, or was removed) says so first: it is why it serves nothing
+  const m = cs?.membership;
+  if (m && m.self !== 'member') issues.unshift(`${m.self}: it owns and takes no pool`);
+  if (m && m.peer !== 'member') issues.push(`holds ${st.peer.name} ${m.peer}`);
   if (cs?.maintenance) issues.push('maintenance on');
   else if (otherSt?.clusterState?.maintenance) issues.push(`maintenance on (${otherSt.node}'s switch)`);
   for (const p of cs?.pools ?? []) if (p.phase === 'INACTIVE' || p.phase === 'SUSPENDED') issues.push(`${p.name} ${p.phase}`);
@@ -378,6 +382,8 @@ function renderNodes() {
       }
       rows.push(['Sync link', st.peer.connected ? `connected to ${esc(st.peer.name)}` : '<strong>down</strong>']);
       if (cs) rows.push(['Fencing', `${esc(cs.policy)} · maintenance ${cs.maintenance ? '<strong>on</strong>' : 'off'}`]);
+      const m = cs?.membership;
+      if (m) rows.push(['Membership', `${m.self === 'member' ? 'member' : `<strong>${esc(m.self)}</strong>`} · holds ${esc(st.peer.name)} ${m.peer === 'member' ? 'as a member' : `<strong>${esc(m.peer)}</strong>`}`]);
     }
     if (otherSt && otherSt.node !== name) {
       const seen = otherSt.clusterState ? (otherSt.clusterState.peer.up ? 'heartbeats heard' : '<strong>no heartbeats</strong>') : '';
@@ -405,6 +411,15 @@ function renderNodes() {
     const which = effective ? ` (${switchedOn.map((n) => `${esc(n)}'s switch`).join(' and ')})` : '';
     tools = `<span>Maintenance: <strong>${effective ? 'on' : 'off'}</strong>${which}</span>
       <button type="button" data-focus="maintenance" data-action="maintenance" data-on="${on ? 'false' : 'true'}"${sv.live ? '' : ' disabled'}>Turn maintenance ${on ? 'off' : 'on'} at ${esc(sv.status.node)}</button>`;
+    // docs/cluster.md, "Taking a node offline": this node leaves and comes back; the peer is removed and added here
+    const m = cs.membership;
+    const dis = sv.live ? '' : ' disabled';
+    const self = esc(sv.status.node);
+    const peer = esc(sv.status.peer.name);
+    if (m?.self === 'member') tools += `<button type="button" data-focus="node-offline" data-action="node-offline"${dis}>Take ${self} offline…</button>`;
+    else if (m) tools += `<button type="button" data-focus="node-online" data-action="node-online"${dis}>Bring ${self} online…</button>`;
+    if (m?.peer === 'offline') tools += `<button type="button" class="danger" data-focus="node-remove" data-action="node-remove"${dis}>Remove ${peer}…</button>`;
+    else if (m?.peer === 'removed') tools += `<button type="button" data-focus="node-add" data-action="node-add"${dis}>Add ${peer} back…</button>`;
   }
   patch('cluster-toolbar', tools);
 }
@@ -697,6 +712,50 @@ async function onAction(button) {
       });
       refocus();
       if (ok) await post(`Maintenance ${on ? 'on' : 'off'}`, '/api/v1/maintenance', { on });
+      return;
+    }
+    case 'node-offline': {
+      const ok = await confirmAction({
+        title: `Take ${st.node} offline?`,
+        text: `${st.node} hands every pool it owns to ${peer} (each as a swap: only with its volumes in sync), then leaves the cluster: it owns and takes nothing, even after a restart, until it is brought online. ${peer} goes on without it and does not fence it.`,
+        ok: 'Take offline',
+        danger: true,
+      });
+      refocus();
+      if (ok) await post(`${st.node} offline`, '/api/v1/node/offline', {});
+      return;
+    }
+    case 'node-online': {
+      const ok = await confirmAction({
+        title: `Bring ${st.node} online?`,
+        text: `${st.node} becomes a member again once ${peer} takes note; refused while ${peer} is not reachable. Pools stay where they are: swap or move them back.`,
+        ok: 'Bring online',
+      });
+      refocus();
+      if (ok) await post(`${st.node} online`, '/api/v1/node/online', {});
+      return;
+    }
+    case 'node-remove': {
+      const ok = await confirmAction({
+        title: `Remove ${peer} from the cluster?`,
+        text: `${peer} left the cluster. Removing it is permanent: if it starts again it is told so and stays offline until it is added back here.`,
+        extra: `<p class="warning">Type the node's name to confirm.</p><label class="field">Node name<input name="confirm" autocomplete="off" spellcheck="false"></label>`,
+        ok: 'Remove',
+        danger: true,
+        check: (v) => v.confirm === peer,
+      });
+      refocus();
+      if (ok) await post(`Remove ${peer}`, `/api/v1/nodes/${encodeURIComponent(peer)}/remove`, {});
+      return;
+    }
+    case 'node-add': {
+      const ok = await confirmAction({
+        title: `Add ${peer} back?`,
+        text: `${peer} may come back: it stays offline until tandem node online runs on it.`,
+        ok: 'Add back',
+      });
+      refocus();
+      if (ok) await post(`Add ${peer}`, `/api/v1/nodes/${encodeURIComponent(peer)}/add`, {});
       return;
     }
     case 'verify': {
