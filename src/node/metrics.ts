@@ -93,6 +93,13 @@ export function renderMetrics(st: NodeStatus): string {
   if (cs !== undefined) {
     m.add('tandem_maintenance', 'gauge', 'Maintenance is on: nothing fails over automatically.', {}, bool(cs.maintenance));
     m.add('tandem_peer_up', 'gauge', 'The peer\'s heartbeats are heard on some link.', {}, bool(cs.peer.up));
+    // one series per state, 1 for the current one: an alert matches {state!="member"}
+    for (const state of ['member', 'leaving', 'offline', 'rejoining']) {
+      m.add('tandem_node_membership', 'gauge', 'This node\'s place in the cluster (docs/cluster.md, "Taking a node offline").', { state }, bool(cs.membership.self === state));
+    }
+    for (const state of ['member', 'offline', 'removed']) {
+      m.add('tandem_peer_membership', 'gauge', 'How this node holds its peer.', { state }, bool(cs.membership.peer === state));
+    }
     m.add('tandem_heartbeat_links_up', 'gauge', 'Heartbeat links that deliver the peer\'s heartbeats.', {}, cs.peer.links.up);
     m.add('tandem_heartbeat_links_configured', 'gauge', 'Configured heartbeat links.', {}, cs.peer.links.total);
     (cs.heartbeatLinks ?? []).forEach((l, i) => {

@@ -111,6 +111,11 @@ test('a primary in sync: role, state sets, counters, links, pools', () => {
   assert.equal(value(samples, 'tandem_heartbeat_link_up', { link: '1', peer: '10.0.0.2:7789' }), 0);
   assert.equal(value(samples, 'tandem_heartbeat_datagrams_total', { counter: 'badMac' }), 2);
   assert.equal(value(samples, 'tandem_maintenance'), 0);
+  // the status in this test holds its peer offline (see status())
+  assert.equal(value(samples, 'tandem_node_membership', { state: 'member' }), 1);
+  assert.equal(value(samples, 'tandem_node_membership', { state: 'offline' }), 0);
+  assert.equal(value(samples, 'tandem_peer_membership', { state: 'offline' }), 1);
+  assert.equal(value(samples, 'tandem_peer_membership', { state: 'member' }), 0);
   assert.equal(value(samples, 'tandem_pool_owner', { pool: 'pool0', owner: 'alpha' }), 1);
   assert.equal(value(samples, 'tandem_pool_owned_here', { pool: 'pool0' }), 1);
   assert.equal(value(samples, 'tandem_pool_term', { pool: 'pool0' }), 3);
