@@ -35,10 +35,15 @@ const readyTimeoutMs = 60_000;
 const stopGraceMs = 60_000;
 const logKeepChars = 64 * 1024;
 
-/** GET http://host:port/path as JSON; rejects on a non-200 answer or after timeoutMs. */
-export function getJson<T>(host: string, port: number, urlPath: string, timeoutMs: number): Promise<T> {
+/** The node's own API token (DATA_DIR/api-token, written when its API starts). */
+export function nodeToken(dataDir: string): string {
+  return fs.readFileSync(path.join(dataDir, 'api-token'), 'utf8').trim();
+}
+
+/** GET http://host:port/path as JSON with the token; rejects on a non-200 answer or after timeoutMs. */
+export function getJson<T>(host: string, port: number, urlPath: string, timeoutMs: number, token: string): Promise<T> {
   return new Promise((resolve, reject) => {
-    const req = http.get({ host, port, path: urlPath, agent: false, timeout: timeoutMs }, (res) => {
+    const req = http.get({ host, port, path: urlPath, agent: false, timeout: timeoutMs, headers: { authorization: `Bearer ${token}` } }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('error', reject);
@@ -152,7 +157,7 @@ export class BenchNode {
 
   /** vol0's entry in GET /api/v1/status. */
   async volume(timeoutMs = 5000): Promise<VolumeStatus> {
-    const s = await getJson<{ volumes: VolumeStatus[] }>(this.host, this.ports.api, '/api/v1/status', timeoutMs);
+    const s = await getJson<{ volumes: VolumeStatus[] }>(this.host, this.ports.api, '/api/v1/status', timeoutMs, nodeToken(this.dataDir));
     const v = s.volumes.find((x) => x.name === volumeName);
     if (v === undefined) throw new Error(`${this.name}: status lists no volume ${volumeName}`);
     return v;

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { NbdClient } from '../test/helpers/nbd-client';
 import { startWitness } from '../test/helpers/witness-process';
-import { BenchCluster, getJson, sleep, type BenchNode } from './cluster';
+import { BenchCluster, getJson, nodeToken, sleep, type BenchNode } from './cluster';
 import { freePort, track } from './procs';
 
 export const failoverId = 'failover';
@@ -29,7 +29,7 @@ interface PoolView { owner: string; phase: string }
 
 async function pool(n: BenchNode): Promise<PoolView | undefined> {
   try {
-    const s = await getJson<{ clusterState?: { pools: PoolView[] } }>(n.host, n.ports.api, '/api/v1/status', 2000);
+    const s = await getJson<{ clusterState?: { pools: PoolView[] } }>(n.host, n.ports.api, '/api/v1/status', 2000, nodeToken(n.dataDir));
     return s.clusterState?.pools[0];
   } catch {
     return undefined;

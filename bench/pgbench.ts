@@ -27,7 +27,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { postgresBinDir, userIds } from '../src/app/postgresql';
 import { startWitness, type WitnessProcess } from '../test/helpers/witness-process';
-import { BenchCluster, getJson, inSync, sleep, tandemBin, type BenchNode } from './cluster';
+import { BenchCluster, getJson, inSync, nodeToken, sleep, tandemBin, type BenchNode } from './cluster';
 import type { Unit } from './jobs';
 import type { NodeArgs } from './mirrored';
 import { freePort, track, type ExecResult } from './procs';
@@ -326,7 +326,7 @@ class Leftovers {
 let current: Leftovers | undefined;
 
 function maintenanceArgs(n: BenchNode): string[] {
-  return [tandemBin, 'maintenance', 'on', '--api', `${n.host}:${n.ports.api}`];
+  return [tandemBin, 'maintenance', 'on', '--api', `${n.host}:${n.ports.api}`, '--token-file', path.join(n.dataDir, 'api-token')];
 }
 
 /** `tandem maintenance on` at each running node; what failed */
@@ -453,7 +453,7 @@ type PoolState = NonNullable<StatusView['clusterState']>['pools'][number];
 
 async function poolOn(n: BenchNode): Promise<PoolState | undefined> {
   try {
-    const s = await getJson<StatusView>(n.host, n.ports.api, '/api/v1/status', 2000);
+    const s = await getJson<StatusView>(n.host, n.ports.api, '/api/v1/status', 2000, nodeToken(n.dataDir));
     return s.clusterState?.pools.find((p) => p.name === POOL);
   } catch {
     return undefined;

@@ -5,9 +5,11 @@ import { parseArgs } from 'node:util';
 import type { NodeStatus } from '../replication/status';
 import { formatSize } from '../util/size';
 import { ApiCallError, ApiUnreachableError, callApi, parseApi, type ApiAddress, type ApiAnswer } from './api-client';
+import { DEFAULT_TOKEN_FILE, withCredentials } from './credentials';
 import { UsageError, exitCodes } from './errors';
 import { formatElapsed, painter, parseDuration, wantsColor, type Painter } from './format';
 import { formatStatus } from './status-format';
+import { runToken } from './token';
 import { readStatus, waitForSync, type WaitOutcome } from './wait-sync';
 
 export const adminUsage = `usage: tandem status     [--json] [--timeout DURATION]
@@ -30,8 +32,15 @@ export const adminUsage = `usage: tandem status     [--json] [--timeout DURATION
        tandem node online [--force]                (back in, once the peer took note)
        tandem node remove NAME [--force] | add NAME   (on the other node: the peer leaves for good, or may come back)
        tandem activity   [--pool POOL] [--level warn|error] [-n LINES] [--json]
+       tandem token create NAME [--role admin|read]   (prints the new token, once)
+       tandem token list                           (names, ids, roles; never a token)
+       tandem token revoke NAME|ID
 Every command takes --api HOST:PORT: the node's node.apiListen; the default is
-$TANDEM_API, then 127.0.0.1:7780.
+$TANDEM_API, then 127.0.0.1:7780. A node that serves its API over HTTPS (api.tls):
+--api https://HOST:PORT, and --ca FILE (or $TANDEM_CA) to trust its certificate when
+it is self-signed. Every command sends an API token, the first found of:
+--token TOKEN, $TANDEM_TOKEN, --token-file FILE, $TANDEM_TOKEN_FILE, and
+${DEFAULT_TOKEN_FILE} (as root on a node: that node's own admin token).
   status --json      the status JSON as the node sent it (docs/status.schema.json)
   status --timeout   how long to wait for the answer (default 10s)
   wait-sync          polls until the volume is PRIM or SECOND with nothing out of sync;
@@ -51,15 +60,18 @@ $TANDEM_API, then 127.0.0.1:7780.
   config push        after the two nodes' configurations diverged: this node's wins
   activity           the node's activity log (its last 200 entries): cluster decisions and
                      every pool step with its outcome and duration, oldest first; -n 0: all
+  token create       a token valid on both nodes (once they have met): admin may do
+                     everything, read may only read (status, events, metrics, config)
 DURATION: 30 (seconds), 30s, 500ms, 10m, 2h.
 
 exit status:
   0  done: the status was read, the node carried the command out, the copies are in sync
-  1  refused or failed: the node answered with an error, a volume is in split brain or
-     will not reconnect, verify found differing blocks (without --resync), --timeout ran out
+  1  refused or failed: the node answered with an error (401: no valid token, 403: a read
+     token asked for a command), a volume is in split brain or will not reconnect, verify
+     found differing blocks (without --resync), --timeout ran out
   2  usage error: unknown command or option, missing or extra argument
   3  the node's API cannot be reached: nothing listens, no route, no answer in time,
-     or something that is not the Tandem API answered`;
+     its certificate is not trusted, or something that is not the Tandem API answered`;
 
 interface VerifyResult {
   checkedBytes: number;
@@ -86,7 +98,11 @@ const COMMAND_OPTIONS: Record<string, readonly string[]> = {
   maintenance: ['json', 'timeout'],
   node: ['force', 'json', 'timeout'],
   activity: ['pool', 'level', 'lines', 'json', 'timeout'],
+  token: ['role', 'json', 'timeout'],
 };
+
+/** how every command reaches the node: taken by all of them */
+const CONNECTION_OPTIONS = ['api', 'token', 'token-file', 'ca'];
 
 const LEVELS = ['info', 'warn', 'error'];
 
@@ -200,6 +216,10 @@ export async function runAdmin(command: string, args: string[]): Promise<number>
         port: { type: 'string' },
         'auto-failback': { type: 'boolean', default: false },
         file: { type: 'string' },
+        role: { type: 'string' },
+        token: { type: 'string' },
+        'token-file': { type: 'string' },
+        ca: { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
     });
@@ -213,9 +233,9 @@ export async function runAdmin(command: string, args: string[]): Promise<number>
   }
   const allowed = COMMAND_OPTIONS[command] ?? [];
   for (const t of tokens) {
-    if (t.kind === 'option' && t.name !== 'api' && !allowed.includes(t.name)) throw new UsageError(`${command} does not take --${t.name}`);
+    if (t.kind === 'option' && !CONNECTION_OPTIONS.includes(t.name) && !allowed.includes(t.name)) throw new UsageError(`${command} does not take --${t.name}`);
   }
-  const api = parseApi(values.api);
+  const api = withCredentials(parseApi(values.api), values);
   const timeoutMs = values.timeout === undefined ? null : parseDuration(values.timeout, '--timeout');
   const out = (v: unknown, text: string): void => { process.stdout.write(values.json ? JSON.stringify(v, null, 2) + '\n' : text); };
   const message = (v: unknown): string => `${(v as { message?: unknown }).message ?? 'done'}\n`;
@@ -302,6 +322,7 @@ export async function runAdmin(command: string, args: string[]): Promise<number>
     out(r.value, message(r.value));
     return exitCodes.ok;
   }
+  if (command === 'token') return runToken(api, positionals, { role: values.role, json: values.json, timeoutMs });
   if (command === 'swap') {
     if (positionals.length !== 1) throw new UsageError('swap needs exactly one POOL');
     const r = await callApi(api, 'POST', `/api/v1/pools/${encodeURIComponent(positionals[0] as string)}/swap`, { body: {}, ...(timeoutMs === null ? {} : { timeoutMs }) });

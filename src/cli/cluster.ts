@@ -17,7 +17,6 @@ import {
   joinTokenLimits, type JoinToken,
 } from '../node/join-token';
 import { hostProblems } from './node';
-import type { NodeStatus } from '../replication/status';
 import { ApiCallError, ApiUnreachableError, callApi, type ApiAddress } from './api-client';
 import { UsageError, exitCodes } from './errors';
 
@@ -250,22 +249,15 @@ async function join(args: string[]): Promise<number> {
     throw e;
   }
 
-  const api: ApiAddress = { host: first.api.host, port: first.api.port, text: first.api.text };
+  // the join exchange proves itself with the cluster secret's MACs: it needs no API token
+  const api: ApiAddress = { host: first.api.host, port: first.api.port, text: first.api.text, https: false, ca: null, credential: null };
   let offer;
   try {
     offer = (await callApi(api, 'GET', JOIN_PATHS.nonce, { timeoutMs: 10_000 })).value as { node?: unknown; cluster?: unknown; nonce?: unknown };
   } catch (e) {
+    // a node of an earlier version, running as usual: it does not know the join at all
     if (!(e instanceof ApiCallError && e.httpStatus === 404)) throw e;
-    // a node running as usual: joined already. By this node, whose answer was lost?
-    if (!(await namesAsPeer(api, token, name, own))) {
-      throw new ApiCallError('ERR_NOT_WAITING', `the node at ${api.text} does not wait for a join: it has a peer already, or it was not made by tandem cluster create`, 404);
-    }
-    writeConfigFile(file, text, v.force === true);
-    process.stdout.write([
-      `node ${first.name} of cluster ${token.cluster.name} names ${name} as its peer already (an earlier join was taken)`,
-      ...written(name, file),
-    ].join('\n') + '\n');
-    return exitCodes.ok;
+    throw new ApiCallError('ERR_NOT_WAITING', `the node at ${api.text} does not wait for a join: it has a peer already, or it was not made by tandem cluster create`, 404);
   }
   if (typeof offer?.nonce !== 'string' || !/^[0-9a-f]{64}$/.test(offer.nonce)) throw new ApiUnreachableError(`${api.text} answered, but not with a join nonce: not a Tandem node waiting for a join`);
   if (offer.node !== first.name) {
@@ -291,33 +283,16 @@ async function join(args: string[]): Promise<number> {
     throw new ApiCallError('ERR_BAD_ANSWER', `the answer from ${api.text} is not signed with the cluster secret: it is not node ${first.name} of cluster ${token.cluster.name}. ${file} is not written`);
   }
   writeConfigFile(file, text, v.force === true);
-  process.stdout.write([
-    `node ${name} joined cluster ${token.cluster.name}: its peer is ${first.name} (sync ${first.sync.text}), which starts now`,
-    ...written(name, file),
-  ].join('\n') + '\n');
+  // a node running as usual that names this one as its peer: an earlier join was taken and its answer lost
+  const head = answer.already === true
+    ? `node ${first.name} of cluster ${token.cluster.name} names ${name} as its peer already (an earlier join was taken)`
+    : `node ${name} joined cluster ${token.cluster.name}: its peer is ${first.name} (sync ${first.sync.text}), which starts now`;
+  process.stdout.write([head, ...written(name, file)].join('\n') + '\n');
   return exitCodes.ok;
 }
 
 function written(name: string, file: string): string[] {
   return [`node ${name}'s configuration is in ${file} (mode 0600: it holds the cluster secret)`, `start this node: tandem node start --config ${file}`];
-}
-
-/**
- * Whether the first node, running as usual, has this node as its peer: a join whose answer was
- * lost. Its status is not signed, but nothing from it goes into the file: the file is what the
- * token and the options make, as after an answered join.
- */
-async function namesAsPeer(api: ApiAddress, token: JoinToken, name: string, own: { sync: string; api: string }): Promise<boolean> {
-  try {
-    const s = (await callApi(api, 'GET', '/api/v1/status', { timeoutMs: 10_000 })).value as Partial<NodeStatus> | null;
-    const peerApiHost = typeof s?.peerApi === 'string' ? parseHostPort(s.peerApi) : undefined;
-    // the peer's API as it recorded it at the join (this node's --api), or as guessed from the sync host
-    const hosts = [own.sync, own.api].map((a) => (parseHostPort(a) as { host: string }).host);
-    return s?.node === token.node.name && s.cluster === token.cluster.name && s.peer?.name === name &&
-      (peerApiHost === undefined || typeof peerApiHost === 'string' || hosts.includes(peerApiHost.host));
-  } catch {
-    return false;
-  }
 }
 
 function token(args: string[]): number {

@@ -4,6 +4,8 @@
 // a real `tandem node start` process, so it can be killed and restarted: the
 // other takes the pool over. The demo keeps each node's pid in DIR/NAME.pid
 // and starts a node again when told so on its standard input (`start beta`).
+// It makes one API token of both nodes (DIR/api-token) and prints the
+// console's link with it, so the browser and the CLI are signed in at once.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -11,6 +13,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { parseArgs } from 'node:util';
 import { parseSize } from '../util/size';
+import { demoToken } from './demo-token';
 import { UsageError } from './errors';
 
 interface DemoNode { readonly name: string; readonly ip: string; readonly config: string; readonly logFile: string }
@@ -142,9 +145,11 @@ export async function runDemo(args: string[], defaultDir: string): Promise<numbe
     fs.rmSync(pidFile(dir, 'demo'), { force: true });
   };
   fs.writeFileSync(pidFile(dir, 'demo'), `${process.pid}\n`);
+  let auth: Awaited<ReturnType<typeof demoToken>>;
   try {
     track('witness', await startChild(bin, ['witness', '--listen', WITNESS, '--config', writeWitnessConfig(dir)], 'the witness', path.join(dir, 'witness.log'), 'listening'));
     for (const n of nodes) track(n.name, await startNode(bin, n));
+    auth = await demoToken(dir, { host: '127.0.0.2', port: 7780, dataDir: path.join(dir, 'alpha') }, { host: '127.0.0.3', port: 7780 });
   } catch (e) {
     await stopAll();
     throw e;
@@ -156,9 +161,12 @@ export async function runDemo(args: string[], defaultDir: string): Promise<numbe
   alpha    127.0.0.2  pid ${pid('alpha')}  owns pool0: vol0 PRIMARY, exported on ${url}
   beta     127.0.0.3  pid ${pid('beta')}  vol0 SECONDARY: receives every write
   witness  ${WITNESS}  pid ${pid('witness')}  breaks the tie when the nodes lose each other
-  console  http://127.0.0.2:7780/ and http://127.0.0.3:7780/  (each node's API serves it)${rate > 0 ? `\n  resync   at most ${values['resync-rate']}/s` : ''}
+  console  http://127.0.0.2:7780/#token=${auth.token}
+           (beta's API serves it too, at http://127.0.0.3:7780/; the link signs the browser in)
+  token    ${auth.file}: an admin token of both nodes${auth.onBoth ? '' : ' (beta did not take it within 30 s: the nodes have not met yet)'}${rate > 0 ? `\n  resync   at most ${values['resync-rate']}/s` : ''}
 
 Try, in another terminal:
+  export TANDEM_TOKEN_FILE=${auth.file}   # the CLI's token
   npx tandem status --api 127.0.0.2:7780          # PRIM / SECOND, resync progress (first: the initial sync)
   qemu-io -f raw -c 'write -P 0xab 0 1M' ${url}    # a write lands on both nodes before it is acknowledged
   kill -9 $(cat ${pidFile(dir, 'alpha')})       # alpha dies: beta takes pool0 over in about a second

@@ -11,6 +11,7 @@ import { UsageError, exitCodes } from './errors';
 import { nodeUsage, runNode } from './node';
 import { parseServeArgs, runServe, serveUsage } from './serve';
 import { runWitness, witnessUsage } from './witness';
+import { packageVersion } from '../util/package-files';
 
 const usage = `usage: tandem COMMAND [OPTIONS]
 
@@ -31,30 +32,31 @@ commands:
   config show|push   the cluster configuration document both nodes share
   maintenance on|off   nothing moves automatically while on
   activity  a node's activity log: cluster decisions, pool steps with outcome and duration
+  token create|list|revoke   the API tokens both nodes take (tandem token --help)
   serve     serve volumes over NBD without a cluster (tandem serve --help)
   witness   run the tiebreaker of two-node clusters (tandem witness --help)
   version   print the version
   help      this text
-The commands that ask a node take --api HOST:PORT (default $TANDEM_API, then
-127.0.0.1:7780); tandem status --help lists their options.
+The commands that ask a node take --api HOST:PORT or https://HOST:PORT (default
+$TANDEM_API, then 127.0.0.1:7780) and send an API token: --token TOKEN, $TANDEM_TOKEN,
+--token-file FILE, $TANDEM_TOKEN_FILE, or /var/lib/tandem/api-token (the node's own,
+for root); --ca FILE or $TANDEM_CA trusts a self-signed certificate. tandem status
+--help lists their options.
 
 exit status:
   0  done
-  1  refused or failed: the node answered with an error, a volume is in split
-     brain or will not reconnect, verify found differences, --timeout ran out;
+  1  refused or failed: the node answered with an error (no valid token, a read
+     token asking for a command), a volume is in split brain or will not
+     reconnect, verify found differences, --timeout ran out;
      a node or witness that cannot start (a bad configuration, an address in use)
   2  usage error: unknown command or option, missing or extra argument
   3  the node's API cannot be reached (nothing listens, no route, no answer in
-     time, or something that is not the Tandem API answered)
+     time, its certificate is not trusted, or something that is not the Tandem
+     API answered)
   70 an internal error: a bug, with its stack trace on stderr`;
 
-const ADMIN_COMMANDS = ['status', 'wait-sync', 'verify', 'resolve', 'promote', 'swap', 'pool', 'config', 'maintenance', 'demote', 'connect', 'disconnect', 'activity'];
+const ADMIN_COMMANDS = ['status', 'wait-sync', 'verify', 'resolve', 'promote', 'swap', 'pool', 'config', 'maintenance', 'demote', 'connect', 'disconnect', 'activity', 'token'];
 
-function version(): string {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const pkg = require(path.join(__dirname, '..', '..', '..', 'package.json')) as { version: string };
-  return pkg.version;
-}
 
 /** `tandem status | head -3` closes the pipe early: that is the reader's choice, not an error of ours */
 function quietOnClosedPipe(): void {
@@ -95,12 +97,13 @@ export async function main(argv: string[]): Promise<number> {
       case 'disconnect':
       case 'activity':
       case 'config':
+      case 'token':
         return await runAdmin(command, rest);
       case 'demo':
         return await runDemo(rest, path.join(os.tmpdir(), 'tandem-demo'));
       case 'version':
       case '--version':
-        process.stdout.write(`tandem ${version()}\n`);
+        process.stdout.write(`tandem ${packageVersion()}\n`);
         return exitCodes.ok;
       case undefined:
       case 'help':

@@ -3,6 +3,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import { parseArgs } from 'node:util';
+import { tlsProblems } from '../node/api-tls';
 import { parseNodeConfig, type NodeConfig } from '../node/config';
 import { NodeDaemon } from '../node/daemon';
 import { JoinWaiter } from '../node/join';
@@ -28,7 +29,8 @@ docs/cluster.md and docs/pools.md; examples in deploy/examples/.
 
 check: parses the file as start would, checks that the addresses this node
 listens on belong to this host and that the fence command can be run, and
-prints a summary. Exit 0 when start would accept it, 1 when not.
+prints a summary. Exit 0 when start would accept it, 1 when not. With api.tls, it
+reads the certificate and key and checks that they belong together.
 
 offline: this node leaves the cluster: its pools go to the peer (each as with
 swap: only with the copies in sync), then it owns and takes nothing, and the
@@ -61,6 +63,7 @@ export function hostProblems(cfg: NodeConfig, local: Set<string> = localAddresse
       problems.push(`${key}: ${host} is not an address of this host (is this the other node's file?)`);
     }
   }
+  problems.push(...tlsProblems(cfg.api));
   const fence = cfg.fencing.command?.[0];
   if (fence !== undefined) {
     try {
@@ -79,7 +82,7 @@ function summary(cfg: NodeConfig): string {
   const at = (a: { host: string; port: number }): string => `${a.host}:${a.port}`;
   return [
     `node ${cfg.node.name} of cluster ${cfg.cluster.name}, peer ${cfg.peer.name} at ${at(cfg.peer.syncAddress)}`,
-    `  API ${at(cfg.node.apiListen)}, sync ${at(cfg.node.syncListen)}, ${cfg.heartbeat.links.length} heartbeat link(s), fencing: ${fencing}`,
+    `  API ${cfg.api.tls === null ? '' : 'https://'}${at(cfg.node.apiListen)}, sync ${at(cfg.node.syncListen)}, ${cfg.heartbeat.links.length} heartbeat link(s), fencing: ${fencing}`,
     `  data in ${cfg.node.dataDir}`,
     ...cfg.pools.map((p) => `  pool ${p.name} (prefers ${p.preferredNode}): ${p.volumes.join(', ')}${p.floatingIps.length === 0 ? '' : ` on ${p.floatingIps.map((ip) => `${ip.address}/${ip.prefix}`).join(', ')}`}`),
   ].join('\n');

@@ -2,7 +2,7 @@
 // sync again, showing the resync as it goes. Used after a node returns (an upgrade, a
 // repair) and before anything that needs both copies, such as `tandem swap`.
 import type { NodeStatus, ResyncStatus, VolumeStatus } from '../replication/status';
-import { ApiCallError, ApiUnreachableError, callApi, parseApi, type ApiAddress } from './api-client';
+import { ApiCallError, ApiUnreachableError, callApi, sameWayAs, type ApiAddress } from './api-client';
 import {
   describeFigures, formatElapsed, formatEta, formatRate, progressBar, resyncFigures, type Painter, type ResyncFigures,
 } from './format';
@@ -131,10 +131,13 @@ function sleep(ms: number): Promise<void> {
 class PeerFigures {
   private nextTryAt = 0;
 
+  /** the peer is asked the way this node is: same scheme, certificates and token (a cluster token works on both) */
+  constructor(private readonly via: ApiAddress) {}
+
   async of(s: NodeStatus, volume: string): Promise<ResyncStatus | null> {
     if (s.peerApi === undefined || Date.now() < this.nextTryAt) return null;
     try {
-      const r = await callApi(parseApi(s.peerApi, 'peerApi'), 'GET', '/api/v1/status', { timeoutMs: 2000 });
+      const r = await callApi(sameWayAs(this.via, s.peerApi, 'peerApi'), 'GET', '/api/v1/status', { timeoutMs: 2000 });
       const peer = r.value as NodeStatus;
       if (peer.node !== s.peer.name) throw new Error('another node answered');
       const v = peer.volumes.find((x) => x.name === volume);
@@ -162,7 +165,7 @@ export async function waitForSync(o: WaitOptions): Promise<WaitOutcome> {
   const started = Date.now();
   const deadline = o.timeoutMs === null ? null : started + o.timeoutMs;
   const reporter = new Reporter(o, started);
-  const peerFigures = new PeerFigures();
+  const peerFigures = new PeerFigures(o.api);
   let silentSince: number | null = null;
   let lastMessage = 'no status read yet';
   for (;;) {

@@ -9,8 +9,9 @@ import { writeFileAtomic } from '../storage/atomic-file';
 import { canonicalJson } from '../util/canonical-json';
 import { ConfigError, fail } from '../util/config-fields';
 import type { Logger } from '../util/log';
+import { mergeForPush, type TokenSet } from './api-token-records';
 import {
-  changeDocument, compareDocuments, documentFrom, documentHash, parseDocument, seedDocument, serializeDocument, type ClusterDocument,
+  changeDocument, compareDocuments, documentFrom, documentHash, parseDocument, seedDocument, serializeDocument, tokenSetOf, type ClusterDocument,
 } from './cluster-document';
 import { parseClusterSection, type PoolConfig, type RawSection, type SectionContext, type VolumeConfig } from './config';
 
@@ -150,12 +151,16 @@ export class ClusterConfigStore {
     return { epoch: d.epoch, changedBy: d.changedBy, changedAt: d.changedAt, change: d.change, hash: documentHash(d), diverged: this.divergence?.message ?? null };
   }
 
+  /** The API tokens in force. */
+  get tokens(): TokenSet { return tokenSetOf(this.doc); }
+
   /**
    * A change made on this node: the next epoch, checked, on disk before it is applied.
-   * `edit` gets the volumes and pools as written and returns the new ones.
+   * `edit` gets the volumes and pools as written, and the tokens, and returns the new ones
+   * (tokens left out: they stay as they are). An edit that throws changes nothing.
    */
-  change(what: string, edit: (raw: { volumes: unknown[]; pools: unknown[] }) => { volumes: unknown[]; pools: unknown[] }): Section {
-    const raw = edit({ volumes: [...this.doc.volumes], pools: [...this.doc.pools] });
+  change(what: string, edit: (raw: { volumes: unknown[]; pools: unknown[]; tokens: TokenSet }) => { volumes: unknown[]; pools: unknown[]; tokens?: TokenSet }): Section {
+    const raw = edit({ volumes: [...this.doc.volumes], pools: [...this.doc.pools], tokens: tokenSetOf(this.doc) });
     const next = changeDocument(this.doc, raw, this.o.node, what, this.now());
     const section = this.parse(next);
     checkTransition(this.section, section);
@@ -166,11 +171,18 @@ export class ClusterConfigStore {
     return section;
   }
 
-  /** The operator settles a divergence: this node's document wins, as a new epoch that descends from both. */
+  /**
+   * The operator settles a divergence: this node's document wins, as a new epoch that descends
+   * from both. Its volumes and pools win whole; of the tokens, a revocation on either side
+   * stands and a token made on either side stays (mergeForPush).
+   */
   push(): ClusterDocument {
     const d = this.divergence;
     if (d === null) throw new ConfigError('ERR_CONFIG', 'the two nodes\' configurations have not diverged: nothing to push');
-    const next = changeDocument(this.doc, { volumes: this.doc.volumes, pools: this.doc.pools }, this.o.node, `pushed by an operator on ${this.o.node} over ${d.peerChangedBy}'s epoch ${d.peerEpoch}`, this.now(), [d.theirs]);
+    const tokens = mergeForPush(tokenSetOf(this.doc), tokenSetOf(d.theirs));
+    const dropped = tokens.dropped.length === 0 ? '' : `; the peer's tokens ${tokens.dropped.map((t) => t.name).join(', ')} were dropped (their names are taken here)`;
+    const next = changeDocument(this.doc, { volumes: this.doc.volumes, pools: this.doc.pools, tokens: tokens.set }, this.o.node,
+      `pushed by an operator on ${this.o.node} over ${d.peerChangedBy}'s epoch ${d.peerEpoch}${dropped}`, this.now(), [d.theirs]);
     this.write(next);
     this.doc = next;
     this.divergence = null;

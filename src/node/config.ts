@@ -100,6 +100,12 @@ export interface FaultsConfig {
   readonly ackBeforePeer: boolean;
 }
 
+/** The API's own settings (docs/operations.md, "API security"). */
+export interface ApiConfig {
+  /** serve the API and the console over HTTPS with this certificate and key (PEM files); null: plain HTTP */
+  readonly tls: { readonly certFile: string; readonly keyFile: string } | null;
+}
+
 export interface NodeConfig {
   readonly cluster: { readonly name: string; readonly id: Buffer; readonly secret: Buffer };
   readonly node: {
@@ -120,6 +126,7 @@ export interface NodeConfig {
   readonly faults: FaultsConfig;
   /** hooks told of activity-log entries (src/node/notify.ts) */
   readonly notify: readonly HookConfig[];
+  readonly api: ApiConfig;
 }
 
 export const configLimits = {
@@ -177,7 +184,7 @@ export function parseNodeConfig(text: string): NodeConfig {
   } catch (e) {
     fail('config', `not JSON: ${(e as Error).message}`);
   }
-  const top = obj(raw, 'config', ['cluster', 'node', 'peer', 'sync', 'heartbeat', 'fencing', 'volumes', 'pools', 'floatingIp', 'faults', 'notify']);
+  const top = obj(raw, 'config', ['cluster', 'node', 'peer', 'sync', 'heartbeat', 'fencing', 'volumes', 'pools', 'floatingIp', 'faults', 'notify', 'api']);
   const c = obj(top.cluster, 'cluster', ['name', 'id', 'secret']);
   const n = obj(top.node, 'node', ['name', 'dataDir', 'syncListen', 'apiListen', 'nbdListen']);
   const p = obj(top.peer, 'peer', ['name', 'syncAddress', 'apiAddress']);
@@ -211,7 +218,21 @@ export function parseNodeConfig(text: string): NodeConfig {
     floatingIp,
     faults: parseFaults(top.faults),
     notify: parseNotify(top.notify),
+    api: parseApiConfig(top.api),
   };
+}
+
+/** `api`: only `tls` so far. Whether the files can be read is checked when the API starts (and by node check). */
+function parseApiConfig(v: unknown): ApiConfig {
+  const a = obj(v ?? {}, 'api', ['tls']);
+  if (a.tls === undefined) return { tls: null };
+  const t = obj(a.tls, 'api.tls', ['certFile', 'keyFile']);
+  const file = (k: string): string => {
+    const f = str(t, k, 'api.tls');
+    if (!f.startsWith('/')) fail(`api.tls.${k}`, `${JSON.stringify(f)} must be an absolute path`);
+    return f;
+  };
+  return { tls: { certFile: file('certFile'), keyFile: file('keyFile') } };
 }
 
 /** What parsing the volumes and pools needs of the rest of the node configuration. */

@@ -47,7 +47,7 @@ export function isWaitingConfigText(text: string): boolean {
 
 /** Checks a waiting file as parseNodeConfig would once joined; throws ConfigError naming the bad key. */
 export function parseWaitingConfig(text: string): WaitingConfig {
-  const raw = obj(parseJson(text), 'config', ['cluster', 'node', 'sync', 'heartbeat', 'fencing', 'volumes', 'pools', 'floatingIp', 'faults', 'notify']);
+  const raw = obj(parseJson(text), 'config', ['cluster', 'node', 'sync', 'heartbeat', 'fencing', 'volumes', 'pools', 'floatingIp', 'faults', 'notify', 'api']);
   for (const k of ['volumes', 'pools'] as const) {
     const v = raw[k];
     if (v !== undefined && !(Array.isArray(v) && v.length === 0)) fail(k, 'a node that waits for a peer to join has none yet: add them once the cluster is formed');

@@ -22,6 +22,9 @@ const files: Readonly<Record<string, { file: string; contentType: string }>> = {
   '/console.js': { file: 'console.js', contentType: 'text/javascript; charset=utf-8' },
 };
 
+/** the URL paths of the console's files: the API serves them without a token */
+export const assetPaths: readonly string[] = Object.keys(files);
+
 export function staticDir(): string {
   const candidates = [path.join(__dirname, 'static'), path.join(__dirname, '..', '..', '..', 'src', 'web', 'static')];
   const found = candidates.find((d) => fs.existsSync(path.join(d, 'index.html')));

@@ -35,6 +35,8 @@ export function newActivity(prev: readonly string[], next: readonly string[]): n
 
 interface Stream {
   readonly res: http.ServerResponse;
+  /** false once the token the stream was opened with is revoked: the stream is ended */
+  readonly valid: () => boolean;
 }
 
 export class EventFeed {
@@ -52,7 +54,7 @@ export class EventFeed {
   }
 
   /** Takes over the response as an event stream, or answers 503 when streamsMax are open. */
-  open(req: http.IncomingMessage, res: http.ServerResponse): void {
+  open(req: http.IncomingMessage, res: http.ServerResponse, valid: () => boolean = () => true): void {
     if (this.closed || this.streams.size >= eventLimits.streamsMax) {
       const text = JSON.stringify({ error: {
         code: 'ERR_TOO_MANY_STREAMS',
@@ -78,7 +80,7 @@ export class EventFeed {
       'x-accel-buffering': 'no',
     });
     req.socket.setNoDelay(true);
-    const stream: Stream = { res };
+    const stream: Stream = { res, valid };
     this.streams.add(stream);
     // the response closes when the client goes (or the server ends it): the one signal to rely on
     res.once('close', () => this.drop(stream));
@@ -98,6 +100,12 @@ export class EventFeed {
   }
 
   private tick(): void {
+    for (const s of [...this.streams]) {
+      if (s.valid()) continue;
+      this.drop(s);
+      s.res.end();
+    }
+    if (this.streams.size === 0) return;
     try {
       this.poll(true);
     } catch (e) {

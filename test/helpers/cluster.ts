@@ -11,6 +11,7 @@ import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { registerNodeToken, tokenFor } from './api-tokens';
 import { startLinkProxy, type LinkProxy } from './link-proxy';
 import { tandemBin } from './serve-process';
 
@@ -68,13 +69,24 @@ async function freePorts(host: string, n: number): Promise<number[]> {
   return out;
 }
 
-/** One HTTP request with a JSON body; resolves with the status and the parsed JSON answer. */
-export function httpJson<T = unknown>(method: string, host: string, port: number, urlPath: string, body?: unknown, timeoutMs = 60_000): Promise<ApiReply<T>> {
+/**
+ * One HTTP request with a JSON body; resolves with the status and the parsed JSON answer.
+ * `token`: sent as Authorization: Bearer; undefined: the node's own token when a test made the
+ * node at host:port (test/helpers/api-tokens.ts); null: none.
+ */
+export function httpJson<T = unknown>(
+  method: string, host: string, port: number, urlPath: string, body?: unknown, timeoutMs = 60_000, token?: string | null,
+): Promise<ApiReply<T>> {
   return new Promise((resolve, reject) => {
     const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const bearer = token === undefined ? tokenFor(host, port) : token;
     const req = http.request({
       host, port, method, path: urlPath, agent: false, timeout: timeoutMs,
-      headers: { connection: 'close', ...(data === undefined ? {} : { 'content-type': 'application/json', 'content-length': data.length }) },
+      headers: {
+        connection: 'close',
+        ...(bearer === undefined || bearer === null ? {} : { authorization: `Bearer ${bearer}` }),
+        ...(data === undefined ? {} : { 'content-type': 'application/json', 'content-length': data.length }),
+      },
     }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
@@ -127,7 +139,16 @@ export class TandemNode {
     readonly addr: NodeAddresses,
     /** argv before `node …`, e.g. ['ip', 'netns', 'exec', NS] to run the node in a network namespace (it execs: same PID) */
     private readonly spawnPrefix: readonly string[] = [],
-  ) {}
+  ) {
+    registerNodeToken(addr.api, dataDir);
+  }
+
+  /** the node's own admin token (DATA_DIR/api-token), once its API has started */
+  get token(): string {
+    const t = tokenFor(this.addr.api.host, this.addr.api.port);
+    if (t === undefined) throw new Error(`${this.name}: no ${path.join(this.dataDir, 'api-token')} yet`);
+    return t;
+  }
 
   /** nbd://HOST:PORT/vol0: where this node exports the volume while it is primary */
   get nbdUri(): string { return `nbd://${this.addr.nbd.host}:${this.addr.nbd.port}/${VOLUME}`; }
@@ -175,7 +196,7 @@ export class TandemNode {
       if (ready) return;
       // the documented "ready" line may be missing: an answering API will do
       try {
-        const r = await httpJson('GET', this.addr.api.host, this.addr.api.port, '/api/v1/status', undefined, 2000);
+        const r = await httpJson('GET', this.addr.api.host, this.addr.api.port, '/api/v1/health', undefined, 2000, null);
         if (r.status === 200) return;
       } catch {
         // not listening yet
@@ -285,6 +306,8 @@ export interface ClusterOptions {
   readonly start?: boolean;
   /** prefix of the temp dir */
   readonly prefix?: string;
+  /** each node's loopback address (default NODE_HOSTS): a test that must not share them with others picks its own */
+  readonly hosts?: Readonly<Record<NodeName, string>>;
 }
 
 export interface BothVolumes {
@@ -410,7 +433,7 @@ export async function startCluster(o: ClusterOptions): Promise<Cluster> {
     const addrs = {} as Record<NodeName, NodeAddresses>;
     const proxyPort = {} as Record<NodeName, number>;
     for (const n of names) {
-      const host = NODE_HOSTS[n];
+      const host = (o.hosts ?? NODE_HOSTS)[n];
       // four distinct ports per address, so the proxy cannot take one a node is about to bind
       const [sync, api, nbd, proxy, heartbeat] = await freePorts(host, 5) as [number, number, number, number, number];
       addrs[n] = { sync: { host, port: sync }, api: { host, port: api }, nbd: { host, port: nbd }, heartbeat: { host, port: heartbeat } };
@@ -418,9 +441,9 @@ export async function startCluster(o: ClusterOptions): Promise<Cluster> {
     }
     // proxy A stands in for beta (alpha dials it), proxy B for alpha
     const record = o.recordLinkBytes ?? 0;
-    const proxyA = await startLinkProxy({ host: NODE_HOSTS.beta, port: proxyPort.beta, target: addrs.beta.sync, recordBytes: record });
+    const proxyA = await startLinkProxy({ host: addrs.beta.sync.host, port: proxyPort.beta, target: addrs.beta.sync, recordBytes: record });
     proxies.push(proxyA);
-    const proxyB = await startLinkProxy({ host: NODE_HOSTS.alpha, port: proxyPort.alpha, target: addrs.alpha.sync, recordBytes: record });
+    const proxyB = await startLinkProxy({ host: addrs.alpha.sync.host, port: proxyPort.alpha, target: addrs.alpha.sync, recordBytes: record });
     proxies.push(proxyB);
     const viaProxy: Record<NodeName, LinkProxy> = { alpha: proxyA, beta: proxyB };
 

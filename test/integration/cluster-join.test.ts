@@ -15,6 +15,7 @@ import { parseNodeConfig } from '../../src/node/config';
 import { joinKey, requestMac, type JoinRequestFields } from '../../src/node/join-auth';
 import { decodeJoinToken, encodeJoinToken, type JoinToken } from '../../src/node/join-token';
 import type { NodeStatus } from '../../src/replication/status';
+import { registerNodeToken } from '../helpers/api-tokens';
 import { freePort, httpJson, sleep } from '../helpers/cluster';
 import { tandemBin } from '../helpers/serve-process';
 import { describeRun, tandem, type CliResult } from '../helpers/tandem-cli';
@@ -212,6 +213,9 @@ test('cluster create, node start (waits), cluster join, node start: two nodes th
     const b = await addrs(HOSTS.joinB);
     const fileA = path.join(w.dir, 'alpha', 'node.json');
     const fileB = path.join(w.dir, 'beta', 'node.json');
+    // once running, each node's API takes its own token: the status polls below carry it
+    registerNodeToken(hostPortOf(a.api), path.join(w.dir, 'alpha', 'data'));
+    registerNodeToken(hostPortOf(b.api), path.join(w.dir, 'beta', 'data'));
     const created = await run(['cluster', 'create', '--cluster', 'store', '--node', 'alpha', '--sync', a.sync, '--api', a.api, '--nbd', a.nbd,
       '--data-dir', path.join(w.dir, 'alpha', 'data'), '--config', fileA,
       '--heartbeat-interval', '100', '--heartbeat-timeout', '600', '--floating-ip-driver', 'loopback'], 0, /cluster store created/);
@@ -290,6 +294,8 @@ test('two heartbeat links and the fence policy: link i pairs with link i, each n
     const hbB = [`${HOSTS.linksB}:${await freePort(HOSTS.linksB)}`, `${HOSTS.linksB}:${await freePort(HOSTS.linksB)}`];
     const fileA = path.join(w.dir, 'a.json');
     const fileB = path.join(w.dir, 'b.json');
+    registerNodeToken(hostPortOf(a.api), path.join(w.dir, 'a'));
+    registerNodeToken(hostPortOf(b.api), path.join(w.dir, 'b'));
     const created = await run(['cluster', 'create', '--cluster', 'pair', '--node', 'left', '--sync', a.sync, '--api', a.api, '--nbd', a.nbd,
       '--data-dir', path.join(w.dir, 'a'), '--config', fileA, '--heartbeat', hbA[0] as string, '--heartbeat', hbA[1] as string,
       '--fencing', 'fence', '--fence-command', '/bin/true --fence right', '--floating-ip-driver', 'loopback'], 0);

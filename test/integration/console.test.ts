@@ -8,7 +8,8 @@
 // brought online from the console (each confirmed). Screenshots of every state go to
 // a directory the test prints. Assertions read roles and accessible names.
 // Along the way: the event stream's contract by plain HTTP, and GET /metrics
-// agreeing with what the page shows.
+// agreeing with what the page shows. Without a token the page asks for one
+// (an accessible sign-in form); the demo's link (#token=…) signs it in.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -53,17 +54,34 @@ async function until<T>(what: string, probe: () => T | undefined, deadline: numb
   }
 }
 
+/** The demo's token, from the console link it prints. */
+function demoToken(demo: DemoProcess): string {
+  const m = new RegExp(`console +http://${DEMO_HOSTS.alpha.replace(/\./g, '\\.')}:${DEMO_API_PORT}/#token=(tdm_[A-Za-z0-9_-]+)`).exec(demo.output());
+  assert.ok(m !== null, `the demo prints the console's link with its token:\n${demo.output()}`);
+  return m[1] as string;
+}
+
 /**
- * The event stream's contract, by plain HTTP: a first `status` event with the whole status
- * (and the peer's API), an `activity` event per new log entry, CORS for reads, at most 32
- * streams with a 503 beyond, a stream slot freed when its client goes, and commands refused
- * from another origin.
+ * The event stream's contract, by plain HTTP: no stream without a token, a first `status` event
+ * with the whole status (and the peer's API), an `activity` event per new log entry, CORS for
+ * reads (with the preflight a token needs), at most 32 streams with a 503 beyond, a stream slot
+ * freed when its client goes, and commands refused from another origin.
  */
-async function checkEventStream(t: TestContext): Promise<void> {
+async function checkEventStream(t: TestContext, token: string): Promise<void> {
   const host = DEMO_HOSTS.alpha;
+  const auth = { authorization: `Bearer ${token}` };
   const streams: OpenStream[] = [];
   try {
-    const first = await openEvents(host, DEMO_API_PORT, { origin: 'http://example.invalid' });
+    const refused = await openEvents(host, DEMO_API_PORT);
+    streams.push(refused);
+    assert.equal(refused.res.statusCode, 401, 'no stream without a token');
+    assert.equal(refused.res.headers['www-authenticate'], 'Bearer realm="tandem"');
+    const preflight = await fetch(`http://${host}:${DEMO_API_PORT}/api/v1/events`, {
+      method: 'OPTIONS', headers: { origin: 'http://example.invalid', 'access-control-request-method': 'GET', 'access-control-request-headers': 'authorization' },
+    });
+    assert.equal(preflight.status, 204);
+    assert.match(String(preflight.headers.get('access-control-allow-headers')), /authorization/);
+    const first = await openEvents(host, DEMO_API_PORT, { origin: 'http://example.invalid', ...auth });
     streams.push(first);
     assert.equal(first.res.statusCode, 200);
     assert.match(String(first.res.headers['content-type']), /^text\/event-stream/);
@@ -76,7 +94,7 @@ async function checkEventStream(t: TestContext): Promise<void> {
     // a command's activity-log entry arrives as an `activity` event, and the new state as a `status` event
     for (const on of [true, false]) {
       const seen = first.text().length;
-      const r = await fetch(`http://${host}:${DEMO_API_PORT}/api/v1/maintenance`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ on }) });
+      const r = await fetch(`http://${host}:${DEMO_API_PORT}/api/v1/maintenance`, { method: 'POST', headers: { 'content-type': 'application/json', ...auth }, body: JSON.stringify({ on }) });
       assert.equal(r.status, 200, `maintenance ${on ? 'on' : 'off'}: HTTP ${r.status}`);
       const entry = await until(`activity event for maintenance ${on ? 'on' : 'off'}`,
         () => /^event: activity\ndata: (.*"event":"maintenance".*)\n\n/m.exec(first.text().slice(seen))?.[1], Date.now() + 5000);
@@ -84,9 +102,11 @@ async function checkEventStream(t: TestContext): Promise<void> {
       await until(`status event with maintenance ${on ? 'on' : 'off'}`,
         () => (first.text().slice(seen).includes(`"maintenance":${on}`) ? true : undefined), Date.now() + 5000);
     }
-    while (streams.length < 32) streams.push(await openEvents(host, DEMO_API_PORT));
+    refused.req.destroy();
+    streams.splice(streams.indexOf(refused), 1);
+    while (streams.length < 32) streams.push(await openEvents(host, DEMO_API_PORT, auth));
     assert.ok(streams.every((s) => s.res.statusCode === 200), 'the first 32 streams are accepted');
-    const over = await openEvents(host, DEMO_API_PORT);
+    const over = await openEvents(host, DEMO_API_PORT, auth);
     streams.push(over);
     assert.equal(over.res.statusCode, 503);
     await until('503 body', () => (over.text().includes('ERR_TOO_MANY_STREAMS') ? true : undefined), Date.now() + 5000);
@@ -95,28 +115,29 @@ async function checkEventStream(t: TestContext): Promise<void> {
     // the slots come back as the server sees the clients go
     const deadline = Date.now() + 5000;
     for (;;) {
-      const again = await openEvents(host, DEMO_API_PORT);
+      const again = await openEvents(host, DEMO_API_PORT, auth);
       again.req.destroy();
       if (again.res.statusCode === 200) break;
       if (Date.now() >= deadline) throw new Error('the stream slots did not come back after the clients went away');
       await new Promise((r) => setTimeout(r, 50));
     }
     const cross = await fetch(`http://${host}:${DEMO_API_PORT}/api/v1/maintenance`, {
-      method: 'POST', headers: { origin: 'http://example.invalid', 'content-type': 'application/json' }, body: '{"on":true}',
+      method: 'POST', headers: { origin: 'http://example.invalid', 'content-type': 'application/json', ...auth }, body: '{"on":true}',
     });
-    assert.equal(cross.status, 403, 'a command from another origin is refused');
-    const status = await fetch(`http://${host}:${DEMO_API_PORT}/api/v1/status`);
+    assert.equal(cross.status, 403, 'a command from another origin is refused, token or not');
+    assert.equal(((await cross.json()) as { error: { code: string } }).error.code, 'ERR_CROSS_ORIGIN');
+    const status = await fetch(`http://${host}:${DEMO_API_PORT}/api/v1/status`, { headers: auth });
     assert.equal(status.headers.get('access-control-allow-origin'), '*');
     assert.equal(((await status.json()) as { clusterState: { maintenance: boolean } }).clusterState.maintenance, false);
-    t.diagnostic('event stream: status first, activity and status events on a command, CORS for reads, 32 streams then 503, slots freed, cross-origin commands refused');
+    t.diagnostic('event stream: 401 without a token, status first, activity and status events on a command, CORS for reads, 32 streams then 503, slots freed, cross-origin commands refused');
   } finally {
     for (const s of streams) s.req.destroy();
   }
 }
 
 /** One sample of GET /metrics on a node, by its name and exact label set as printed. */
-async function metric(host: string, sample: string): Promise<number | undefined> {
-  const res = await fetch(`http://${host}:${DEMO_API_PORT}/metrics`);
+async function metricOf(host: string, sample: string, token: string): Promise<number | undefined> {
+  const res = await fetch(`http://${host}:${DEMO_API_PORT}/metrics`, { headers: { authorization: `Bearer ${token}` } });
   assert.equal(res.status, 200);
   assert.match(String(res.headers.get('content-type')), /^text\/plain; version=0\.0\.4/);
   const text = await res.text();
@@ -158,11 +179,24 @@ test('the web console follows a demo cluster live: both nodes, kill -9, resync, 
   const pageErrors: string[] = [];
   try {
     demo = await startDemo({ dir, size: '64M', resyncRate: RESYNC_RATE });
-    await checkEventStream(t);
+    const token = demoToken(demo);
+    const metric = (host: string, sample: string): Promise<number | undefined> => metricOf(host, sample, token);
+    await checkEventStream(t, token);
     browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox'] });
     const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
     page.on('pageerror', (e) => pageErrors.push(e.message));
+
+    // 0. without a token the page asks for one, in a labelled form; the demo's link signs it in
     await page.goto(alphaConsole);
+    const signIn = page.getByRole('form', { name: 'Sign in' });
+    await signIn.waitFor({ timeout: 10_000 });
+    assert.equal(await signIn.getByLabel('API token').getAttribute('type'), 'password');
+    await signIn.getByRole('button', { name: 'Sign in' }).waitFor();
+    assert.equal(await page.getByRole('region', { name: 'Volumes' }).count(), 0, 'nothing of the cluster shows before signing in');
+    await shot(t, page, '0-sign-in');
+    await page.goto(`${alphaConsole}#token=${token}`);
+    await signIn.waitFor({ state: 'hidden', timeout: 10_000 });
+    assert.doesNotMatch(page.url(), /token/, 'the token leaves the address bar');
 
     // 1. both nodes, vol0 PRIM on alpha and SECOND on beta
     await waitForState(page, 'vol0', 'alpha', 'PRIM', Date.now() + 30_000);

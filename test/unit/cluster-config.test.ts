@@ -2,6 +2,7 @@
 // (src/node/cluster-config.ts): epochs and lineage decide which document wins,
 // documents changed apart are never merged, bad documents change nothing.
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -10,6 +11,9 @@ import { changeDocument, compareDocuments, documentHash, parseDocument, seedDocu
 import { ClusterConfigStore, DOCUMENT_FILE, mergeEdit } from '../../src/node/cluster-config';
 import type { SectionContext } from '../../src/node/config';
 import { createLogger } from '../../src/util/log';
+import { makeToken, tokenLimits, type TokenRecord } from '../../src/node/api-token';
+import { canonicalJson } from '../../src/util/canonical-json';
+import { addToken, revokeToken } from '../../src/node/api-token-records';
 
 const at = new Date('2026-11-23T00:00:00Z');
 const v0 = { name: 'vol0', size: '8M' };
@@ -113,6 +117,75 @@ test('the store: seeded once, persisted, changed with checks, and a peer documen
     const pushed = again.push();
     assert.equal(compareDocuments(apart, pushed), 'theirs-newer');
     assert.equal(again.status().diverged, null);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+function tokenRecord(n: number, name: string, role: 'admin' | 'read' = 'admin'): TokenRecord {
+  const m = makeToken(Buffer.alloc(tokenLimits.idBytes, n), Buffer.alloc(tokenLimits.secretBytes, n));
+  return { id: m.id, name, role, sha256: m.sha256, createdAt: at.toISOString() };
+}
+
+test('API tokens in the document: left out of the hash while there are none, part of it once there are, carried by every change', () => {
+  const one = seedDocument(seed, 'alpha', at);
+  assert.equal('tokens' in one, false);
+  // the hash of a document without tokens is the hash of its epoch, volumes and pools, as it always was
+  assert.equal(documentHash(one), crypto.createHash('sha256').update(canonicalJson({ epoch: 1, volumes: one.volumes, pools: one.pools })).digest('hex').slice(0, 32));
+  const ci = tokenRecord(1, 'ci', 'read');
+  const two = changeDocument(one, { volumes: one.volumes, pools: one.pools, tokens: { tokens: [ci], revoked: [] } }, 'alpha', 'token create ci', at);
+  assert.deepEqual(two.tokens, [ci]);
+  assert.equal('revokedTokens' in two, false, 'an empty list is left out');
+  assert.equal(compareDocuments(one, two), 'theirs-newer');
+  // the same epoch with other tokens is another document: two nodes that each made one have diverged
+  const otherTwo = changeDocument(one, { volumes: one.volumes, pools: one.pools, tokens: { tokens: [tokenRecord(2, 'ops')], revoked: [] } }, 'beta', 'token create ops', at);
+  assert.equal(compareDocuments(two, otherTwo), 'diverged');
+  // a pool change keeps the tokens
+  const three = changeDocument(two, { volumes: [v0], pools: [{ ...p0, control: 'exported' }] }, 'alpha', 'pool export p0', at);
+  assert.deepEqual(three.tokens, [ci]);
+  assert.deepEqual(parseDocument(serializeDocument(three), 'x'), three);
+  const revoked = changeDocument(three, { volumes: three.volumes, pools: three.pools, tokens: { tokens: [], revoked: [ci.id] } }, 'alpha', 'token revoke ci', at);
+  assert.equal('tokens' in revoked, false);
+  assert.deepEqual(revoked.revokedTokens, [ci.id]);
+  assert.notEqual(documentHash(revoked), documentHash({ ...revoked, revokedTokens: [] }), 'the revocations are content');
+  for (const [over, why] of [
+    [{ tokens: [{ ...ci, role: 'root' }] }, /tokens\[0\]\.role: must be admin or read/],
+    [{ tokens: 'x' }, /tokens: must be a list/],
+    [{ revokedTokens: ['zz'] }, /revokedTokens: must be a list of at most 256 token ids/],
+    [{ tokens: [ci], revokedTokens: [ci.id] }, /token ci .* is listed as revoked too/],
+  ] as const) assert.throws(() => parseDocument(JSON.stringify({ version: 1, ...three, ...over }), 'x'), why);
+});
+
+test('the store: tokens change as the next epoch, a bad token change changes nothing, a peer\'s bad tokens are refused, a push keeps revocations', () => {
+  const dir = tmp();
+  try {
+    const s = new ClusterConfigStore({ dataDir: dir, node: 'alpha', ctx, seed, log, now: () => at });
+    const ci = tokenRecord(1, 'ci');
+    s.change('token create ci', (raw) => ({ volumes: raw.volumes, pools: raw.pools, tokens: addToken(raw.tokens, ci) }));
+    assert.equal(s.document.epoch, 2);
+    assert.deepEqual(s.tokens, { tokens: [ci], revoked: [] });
+    assert.throws(() => s.change('token create ci', (raw) => ({ volumes: raw.volumes, pools: raw.pools, tokens: addToken(raw.tokens, tokenRecord(2, 'ci')) })), /exists already/);
+    assert.equal(s.document.epoch, 2);
+    // a pool change leaves the tokens as they are
+    s.change('pool export p0', (raw) => ({ volumes: raw.volumes, pools: [{ ...p0, control: 'exported' }] }));
+    assert.deepEqual(s.tokens.tokens, [ci]);
+    const again = new ClusterConfigStore({ dataDir: dir, node: 'alpha', ctx, seed, log, now: () => at });
+    assert.deepEqual(again.tokens.tokens, [ci], 'on disk');
+
+    const garbage = { version: 1, ...changeDocument(s.document, { volumes: s.document.volumes, pools: s.document.pools }, 'beta', 'x', at), tokens: [{ ...ci, sha256: 'x' }] };
+    const refused = s.receive(garbage);
+    assert.equal(refused.kind, 'refused');
+    assert.match(refused.kind === 'refused' ? refused.message : '', /sha256/);
+
+    // apart: beta revoked ci, alpha made ops; alpha's push keeps ci revoked and ops
+    const theirs = changeDocument(s.document, { volumes: s.document.volumes, pools: s.document.pools, tokens: revokeToken(s.tokens, 'ci').set }, 'beta', 'token revoke ci', at);
+    const ops = tokenRecord(3, 'ops');
+    s.change('token create ops', (raw) => ({ volumes: raw.volumes, pools: raw.pools, tokens: addToken(raw.tokens, ops) }));
+    assert.equal(s.receive({ version: 1, ...theirs }).kind, 'diverged');
+    const pushed = s.push();
+    assert.deepEqual(pushed.tokens, [ops]);
+    assert.deepEqual(pushed.revokedTokens, [ci.id]);
+    assert.equal(compareDocuments(theirs, pushed), 'theirs-newer');
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

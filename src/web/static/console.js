@@ -1,22 +1,70 @@
 // Tandem console: reads the status stream of the node that served it (and of
 // its peer, when the browser can reach it) and sends commands to that node only.
-// Plain browser JavaScript, served as it is: no build step, no dependencies.
+// Every request carries the API token the operator signed in with (kept in this
+// tab's sessionStorage); the event streams are read with fetch, since an
+// EventSource cannot send it. Plain browser JavaScript, served as it is: no
+// build step, no dependencies.
 
 const params = new URLSearchParams(location.search);
+/** a keep-alive comment comes every 15 s: a stream silent for this long is dead */
 const STALE_WATCHDOG_MS = 45_000;
+const RETRY_MAX_MS = 5000;
+/** the node sends one status at a time, well below this; more unparsed text is not our node */
+const STREAM_BUFFER_MAX = 16 * 1024 * 1024;
 const ACTIVITY_KEPT = 2000;
 const ACTIVITY_SHOWN = 500;
+const TOKEN_KEY = 'tandem-api-token';
 
 /** what each node said last, by node name: { status, live, lastAt, api, self, problem } */
 const views = new Map();
 let selfName = null;
+let selfFeed = null;
 let peerFeed = null;
 let peerApi = null;
 let firstRender = true;
 const previous = new Map();
 
-// ------------------------------------------------------------------ formatting
+// ------------------------------------------------------------------ the token
 
+/** the token when sessionStorage refuses to keep it (a private window's policy): it lasts until the page is left */
+let memoryToken = null;
+
+function token() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY) ?? memoryToken;
+  } catch {
+    return memoryToken;
+  }
+}
+
+function setToken(t) {
+  try {
+    if (t === null) sessionStorage.removeItem(TOKEN_KEY);
+    else sessionStorage.setItem(TOKEN_KEY, t);
+  } catch {
+    // storage refused: memoryToken keeps it
+  }
+  memoryToken = t;
+}
+
+function authHeaders() {
+  const t = token();
+  return t ? { authorization: `Bearer ${t}` } : {};
+}
+
+/** `#token=…` (the link tandem demo prints) signs in; the token then leaves the address bar and the history. */
+function takeTokenFromFragment() {
+  const m = /^#token=([^&]*)/.exec(location.hash);
+  if (m === null) return false;
+  let t = '';
+  try { t = decodeURIComponent(m[1]).trim(); } catch { t = ''; }
+  history.replaceState(null, '', location.pathname + location.search);
+  if (t === '') return false;
+  setToken(t);
+  return true;
+}
+
+// ------------------------------------------------------------------ formatting
 function esc(v) {
   return String(v ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
 }
@@ -51,64 +99,114 @@ function apiUrl(api) {
 
 // ------------------------------------------------------------------ event streams
 
-/** One node's event stream; EventSource retries by itself, and this retries what it gives up on. */
+/**
+ * One node's event stream (text/event-stream), read with fetch so it carries the token.
+ * Retries what breaks with a growing delay; a refused token is reported, not retried.
+ */
 class Feed {
   constructor(base, handlers) {
     this.base = base;
     this.h = handlers;
-    this.es = null;
+    this.ctrl = null;
     this.timer = null;
     this.attempt = 0;
+    this.retryMs = 1000;
     this.lastEventAt = Date.now();
     this.watchdog = setInterval(() => {
-      // comments do not reach scripts: a quiet node gets a fresh stream, a dead link is noticed
-      if (this.es !== null && Date.now() - this.lastEventAt > STALE_WATCHDOG_MS) this.reopen();
+      if (this.ctrl !== null && Date.now() - this.lastEventAt > STALE_WATCHDOG_MS) this.reopen();
     }, 5000);
   }
 
   open() {
     this.timer = null;
-    const es = new EventSource(`${this.base}/api/v1/events`);
-    this.es = es;
+    const ctrl = new AbortController();
+    this.ctrl = ctrl;
     this.lastEventAt = Date.now();
-    es.addEventListener('status', (e) => {
-      this.lastEventAt = Date.now();
-      this.attempt = 0;
-      let st;
-      try { st = JSON.parse(e.data); } catch { return; }
-      this.h.status(st);
-    });
-    es.addEventListener('activity', (e) => {
-      this.lastEventAt = Date.now();
-      try { this.h.activity(JSON.parse(e.data)); } catch { /* a malformed entry is skipped */ }
-    });
-    es.addEventListener('error', () => {
-      if (this.es !== es) return;
+    this.read(ctrl).catch(() => {
+      if (this.ctrl !== ctrl) return;
+      this.ctrl = null;
       this.h.lost();
-      if (es.readyState === EventSource.CLOSED) this.retryLater();
+      this.retryLater();
     });
   }
 
+  async read(ctrl) {
+    const res = await fetch(`${this.base}/api/v1/events`, { headers: { accept: 'text/event-stream', ...authHeaders() }, cache: 'no-store', signal: ctrl.signal });
+    if (res.status === 401) {
+      const answer = await res.json().catch(() => null);
+      if (this.ctrl !== ctrl) return;
+      this.ctrl = null;
+      this.h.refused(answer?.error?.message ?? 'HTTP 401');
+      return;
+    }
+    if (!res.ok || res.body === null) throw new Error(`HTTP ${res.status}`);
+    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (this.ctrl !== ctrl) { reader.cancel().catch(() => undefined); return; }
+      if (done) throw new Error('the stream ended');
+      // a keep-alive comment counts too: the stream is alive
+      this.lastEventAt = Date.now();
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf('\n\n')) >= 0) {
+        this.dispatch(buffer.slice(0, end));
+        buffer = buffer.slice(end + 2);
+      }
+      if (buffer.length > STREAM_BUFFER_MAX) throw new Error('an event larger than the console reads');
+    }
+  }
+
+  /** One event's lines (the node never sends \r, and each data is one line of JSON). */
+  dispatch(block) {
+    let name = 'message';
+    const data = [];
+    for (const line of block.split('\n')) {
+      if (line === '' || line.startsWith(':')) continue;
+      const i = line.indexOf(':');
+      const field = i < 0 ? line : line.slice(0, i);
+      let value = i < 0 ? '' : line.slice(i + 1);
+      if (value.startsWith(' ')) value = value.slice(1);
+      if (field === 'event') name = value;
+      else if (field === 'data') data.push(value);
+      else if (field === 'retry' && /^\d+$/.test(value)) this.retryMs = Number(value);
+    }
+    if (data.length === 0) return;
+    const text = data.join('\n');
+    if (name === 'status') {
+      let st;
+      try { st = JSON.parse(text); } catch { return; }
+      this.attempt = 0;
+      this.h.status(st);
+    } else if (name === 'activity') {
+      try { this.h.activity(JSON.parse(text)); } catch { /* a malformed entry is skipped */ }
+    }
+  }
+
   reopen() {
-    this.es?.close();
-    this.es = null;
+    this.abort();
     this.h.lost();
     this.retryLater();
   }
 
+  abort() {
+    const c = this.ctrl;
+    this.ctrl = null;
+    c?.abort();
+  }
+
   retryLater() {
-    this.es?.close();
-    this.es = null;
     if (this.timer !== null) return;
-    const wait = Math.min(1000 * 2 ** this.attempt, 5000);
+    const wait = Math.min(this.retryMs * 2 ** this.attempt, RETRY_MAX_MS);
     this.attempt++;
     this.timer = setTimeout(() => this.open(), wait);
   }
 
   stop() {
-    this.es?.close();
-    this.es = null;
+    this.abort();
     clearTimeout(this.timer);
+    this.timer = null;
     clearInterval(this.watchdog);
   }
 }
@@ -162,6 +260,13 @@ function startPeer(st) {
     },
     activity: (a) => { addActivity(peerName, a); scheduleRender(); },
     lost: () => { markLost(peerName); },
+    refused: (message) => {
+      // the token is this node's own (valid here only), or the peer has not learnt it yet
+      v.problem = `${peerName}'s API refused the token: ${message}. To see both nodes, sign in with a cluster token (tandem token create NAME)`;
+      v.live = false;
+      peerFeed.stop();
+      scheduleRender();
+    },
   });
   peerFeed.open();
 }
@@ -177,10 +282,71 @@ function markLost(name) {
 }
 
 let selfLostAt = null;
-const selfFeed = new Feed('', {
-  status: (st) => onStatus(st, true),
-  activity: (a) => { if (selfName !== null) { addActivity(selfName, a); scheduleRender(); } },
-  lost: () => { selfLostAt ??= Date.now(); if (selfName !== null) markLost(selfName); else scheduleRender(); },
+
+function startFeeds() {
+  selfFeed?.stop();
+  peerFeed?.stop();
+  peerFeed = null;
+  peerApi = null;
+  selfFeed = new Feed('', {
+    status: (st) => onStatus(st, true),
+    activity: (a) => { if (selfName !== null) { addActivity(selfName, a); scheduleRender(); } },
+    lost: () => { selfLostAt ??= Date.now(); if (selfName !== null) markLost(selfName); else scheduleRender(); },
+    refused: (message) => signOut(`This node refused the token: ${message}`),
+  });
+  selfFeed.open();
+}
+
+function stopFeeds() {
+  selfFeed?.stop();
+  peerFeed?.stop();
+  selfFeed = null;
+  peerFeed = null;
+  peerApi = null;
+}
+
+// ------------------------------------------------------------------ signing in
+
+let signedIn = false;
+
+function showSignedIn(yes) {
+  signedIn = yes;
+  document.getElementById('sign-in').hidden = yes;
+  document.getElementById('signed-in').hidden = !yes;
+  document.getElementById('sections-nav').hidden = !yes;
+  document.getElementById('sign-out').hidden = !yes;
+}
+
+function signIn() {
+  showSignedIn(true);
+  startFeeds();
+}
+
+/** Back to the sign-in form, saying why; the token is forgotten. */
+function signOut(why) {
+  setToken(null);
+  stopFeeds();
+  showSignedIn(false);
+  scheduleRender();
+  document.getElementById('sign-in-why').textContent = why;
+  const input = document.getElementById('sign-in-token');
+  input.value = '';
+  input.focus();
+}
+
+document.getElementById('sign-in-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const t = document.getElementById('sign-in-token').value.trim();
+  if (t === '') return;
+  setToken(t);
+  document.getElementById('sign-in-token').value = '';
+  signIn();
+});
+
+document.getElementById('sign-out').addEventListener('click', () => signOut('Signed out. The token is forgotten by this tab.'));
+
+window.addEventListener('hashchange', () => {
+  if (takeTokenFromFragment()) signIn();
 });
 
 // ------------------------------------------------------------------ activity log
@@ -295,7 +461,10 @@ function renderHeader() {
   const conn = document.getElementById('connection');
   let text;
   let cls;
-  if (sv === undefined || sv.status === null) {
+  if (!signedIn) {
+    text = 'Not signed in';
+    cls = '';
+  } else if (sv === undefined || sv.status === null) {
     text = selfLostAt === null ? 'Connecting to this node…' : 'Cannot reach the node that served this page: retrying';
     cls = selfLostAt === null ? '' : 'stale';
   } else if (sv.live) {
@@ -659,8 +828,9 @@ function showResult(kind, text) {
 async function post(what, path, body) {
   showResult('pending', `${what}: sent to ${selfName}…`);
   try {
-    const res = await fetch(path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const res = await fetch(path, { method: 'POST', headers: { 'content-type': 'application/json', ...authHeaders() }, body: JSON.stringify(body) });
     const answer = await res.json().catch(() => null);
+    if (res.status === 401) signOut(`This node refused the token: ${answer?.error?.message ?? 'HTTP 401'}`);
     if (!res.ok) throw new Error(answer?.error?.message ?? `HTTP ${res.status}`);
     showResult('ok', `${what}: ${answer?.message ?? 'done'}`);
     return answer;
@@ -770,9 +940,10 @@ async function onAction(button) {
       if (!ok) return;
       showResult('pending', `Verify ${volume}: comparing…`);
       const res = await fetch(`/api/v1/volumes/${encodeURIComponent(volume)}/verify`, {
-        method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ resync: ok.resync === true }),
+        method: 'POST', headers: { 'content-type': 'application/json', ...authHeaders() }, body: JSON.stringify({ resync: ok.resync === true }),
       }).catch((e) => ({ ok: false, status: 0, json: async () => ({ error: { message: e.message } }) }));
       const r = await res.json().catch(() => null);
+      if (res.status === 401) signOut(`This node refused the token: ${r?.error?.message ?? 'HTTP 401'}`);
       if (!res.ok) { showResult('failed', `Verify ${volume} failed: ${r?.error?.message ?? `HTTP ${res.status}`}`); return; }
       showResult(r.differingBytes === 0 ? 'ok' : 'failed',
         `Verify ${volume}: checked ${size(r.checkedBytes)}, ${size(r.differingBytes)} differ${r.resentBytes ? `, ${size(r.resentBytes)} resent` : ''}`);
@@ -805,4 +976,6 @@ for (const id of ['activity-text', 'activity-level', 'activity-node']) {
 }
 document.getElementById('activity-filter').addEventListener('submit', (e) => e.preventDefault());
 
-selfFeed.open();
+takeTokenFromFragment();
+if (token() === null) signOut('This node\'s API needs a token.');
+else signIn();
