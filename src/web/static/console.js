@@ -616,7 +616,14 @@ function renderPools() {
     const ex = (p.exports ?? []).map((x) => `<li>${esc(x)}</li>`).join('') || '<li class="muted">none</li>';
     const services = servicesCell(mine ? p : (peerPool ?? p), mine ? st.node : (peerSt?.node ?? st.node));
     let actions;
-    if (mine) {
+    if (mine && p.phase === 'INACTIVE') {
+      // its activation failed here: start it again (here or on the peer), or take it out of the cluster
+      const dis = sv.live ? '' : ' disabled';
+      actions = `<div class="actions">
+        <button type="button" data-focus="reattach-${esc(p.name)}" data-action="reattach" data-pool="${esc(p.name)}"${dis} aria-label="Reattach ${esc(p.name)}">Reattach…</button>
+        <button type="button" class="danger" data-focus="remove-${esc(p.name)}" data-action="remove-pool" data-pool="${esc(p.name)}"${dis} aria-label="Remove ${esc(p.name)}">Remove…</button>
+      </div>`;
+    } else if (mine) {
       const dis = sv.live ? '' : ' disabled';
       actions = `<div class="actions">
         <button type="button" data-focus="swap-${esc(p.name)}" data-action="swap" data-pool="${esc(p.name)}"${dis} aria-label="Swap ${esc(p.name)}">Swap</button>
@@ -882,6 +889,32 @@ async function onAction(button) {
       });
       refocus();
       if (ok) await post(`Maintenance ${on ? 'on' : 'off'}`, '/api/v1/maintenance', { on });
+      return;
+    }
+    case 'reattach': {
+      const names = nodeNames();
+      const options = names.map((n) => `<option value="${esc(n)}"${n === st.node ? ' selected' : ''}>${esc(n)}${n === st.node ? ' (here, where it failed)' : ''}</option>`).join('');
+      const ok = await confirmAction({
+        title: `Reattach ${pool}?`,
+        text: `${pool} is INACTIVE on ${st.node}: its activation failed. Clear the cause first (the reason is shown beside the phase), then start it again here, or hand it to ${peer} (only with its volumes in sync).`,
+        extra: `<label class="field">Start it on<select name="node">${options}</select></label>`,
+        ok: 'Reattach',
+      });
+      refocus();
+      if (ok) await post(`Reattach ${pool} on ${ok.node}`, `/api/v1/pools/${encodeURIComponent(pool)}/reattach`, { node: ok.node });
+      return;
+    }
+    case 'remove-pool': {
+      const ok = await confirmAction({
+        title: `Remove ${pool}?`,
+        text: `${pool} leaves the cluster on both nodes. Its volumes' files are moved aside on each node (DATA_DIR/removed), not deleted.`,
+        extra: `<p class="warning">Type the pool's name to confirm.</p><label class="field">Pool name<input name="confirm" autocomplete="off" spellcheck="false"></label>`,
+        ok: 'Remove',
+        danger: true,
+        check: (v) => v.confirm === pool,
+      });
+      refocus();
+      if (ok) await post(`Remove ${pool}`, `/api/v1/pools/${encodeURIComponent(pool)}/remove`, {});
       return;
     }
     case 'node-offline': {
