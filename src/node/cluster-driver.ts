@@ -331,11 +331,26 @@ export class ClusterDriver {
     return this.cfg.pools.find((p) => p.volumes.includes(volume));
   }
 
+  /**
+   * The API answers before the machine starts: until then its membership is the one on disk,
+   * not the machine's defaults (a node that left must never look like a member, even for a moment).
+   */
+  private membershipView(): ClusterStateStatus['membership'] {
+    if (this.state.started) return { self: this.state.membership, peer: this.state.peerMembership };
+    let persisted: PersistedState | null = null;
+    try {
+      persisted = loadState(this.stateFile);
+    } catch {
+      // start() reports a bad state file; status goes on with the defaults
+    }
+    return { self: persisted?.offline ?? 'member', peer: persisted?.peer ?? 'member' };
+  }
+
   status(): ClusterStateStatus {
     return {
       policy: this.config.policy,
       maintenance: this.state.maintenance,
-      membership: { self: this.state.membership, peer: this.state.peerMembership },
+      membership: this.membershipView(),
       // the machine's view: what it decides on is what status shows
       peer: { up: this.state.peer.up, links: { ...(this.state.links ?? { up: 0, total: this.cfg.heartbeat.links.length }) } },
       pools: poolViews(this.state),
