@@ -187,11 +187,15 @@ export interface SyncSide {
   readonly generations: Generations;
   readonly diskState: DiskState;
   /**
-   * Bytes of this side's own writes that the peer may not have: counted from
-   * when it starts tracking (onPeerLost, onBecomePrimaryWhileDisconnected) until
-   * a resync between the two completes or they meet in sync; a sync target
-   * resets it when the resync starts. Regions merged from the peer's bitmap or replayed from the activity
-   * log after a crash do not count. 0 means it wrote nothing while apart.
+   * Bytes of this side's own writes that the peer may not have and that a
+   * client was told succeeded (a write, or a flush that made earlier writes
+   * durable here only): counted from when it starts tracking (onPeerLost,
+   * onBecomePrimaryWhileDisconnected) until a resync between the two completes
+   * or they meet in sync; a sync target resets it when the resync starts.
+   * Regions merged from the peer's bitmap or replayed from the activity log
+   * after a crash do not count, nor do writes the fencing policy refused (they
+   * reached the local disk, so the copy moved on, but no client saw them
+   * succeed: discarding them loses nothing). 0 means it wrote nothing apart.
    */
   readonly dirtyBytes: number;
   /**

@@ -407,7 +407,10 @@ export class Replica {
     if (localError !== undefined) throw localError;
     this.counters.writes++;
     this.counters.writeBytes += length;
-    if (r !== 0) await this.checkAlone();
+    if (r !== 0) {
+      await this.checkAlone();
+      this.countAckedAlone(length);
+    }
   }
 
   /** The broken write path of faults.ackBeforePeer: local write, acknowledgement, and the peer only later. */
@@ -424,6 +427,7 @@ export class Replica {
       void session.request(id, late, `${kind} ${offset}+${length} (sent late)`).then(async (r) => {
         if (r === 0) { this.counters.peerWriteBytes += length; return; }
         await this.recordMissed(offset, length);
+        this.countAckedAlone(length);
       }).catch((e: unknown) => this.log.error('a late peer write could not be recorded as missed', { volume: this.name, offset, length, error: String(e) }));
     }, ACK_BEFORE_PEER_DELAY_MS);
     this.counters.writes++;
@@ -483,20 +487,38 @@ export class Replica {
     this.log.info('writes resumed', { volume: this.name });
   }
 
-  /** The peer lacks [offset, offset+length): mark it, and be sure the generations say this copy moved on. */
+  /**
+   * The peer lacks [offset, offset+length): mark it, and be sure the generations say this copy moved on.
+   * The local write happened whether or not the fencing policy then lets it be acknowledged, so this
+   * copy's data differs from the peer's either way: the bitmap and a new current say so. Whether it
+   * counts as written apart is countAckedAlone's, once the acknowledgement is allowed.
+   */
   private async recordMissed(offset: number, length: number): Promise<void> {
     this.tracking.bitmap.set(offset, length);
-    await this.ensureTrackingAlone(length);
-    this.meta = { ...this.meta, dirtyBytes: (this.meta.dirtyBytes ?? 0) + length };
-    this.metaDirty = true;
+    await this.ensureTrackingAlone('a write the peer did not take');
   }
 
-  private ensureTrackingAlone(bytes: number): Promise<void> {
+  /**
+   * Bytes a client is about to be told are written (or durable) while the peer may lack them: what
+   * decideSync weighs as this copy having written apart. A write the fencing policy refused is not
+   * counted: its client never saw it succeed, so a resync from the peer may overwrite it; counted, an
+   * old primary fenced by a takeover would meet the new one as a split brain. The first count since
+   * the last meeting is on disk before the acknowledgement, so a crash right after it still says so.
+   */
+  private countAckedAlone(bytes: number): void {
+    if (bytes === 0) return;
+    const first = (this.meta.dirtyBytes ?? 0) === 0;
+    this.meta = { ...this.meta, dirtyBytes: (this.meta.dirtyBytes ?? 0) + bytes };
+    if (first) this.saveMeta(this.meta);
+    else this.metaDirty = true;
+  }
+
+  private ensureTrackingAlone(why: string): Promise<void> {
     if (this.trackingAlone) return Promise.resolve();
     this.tracked ??= (async () => {
       const t = onPeerLost({ generations: this.meta.generations, diskState: this.meta.diskState }, newGenerationId());
       if (!t.ok) throw new ReplicaError('EIO', `volume ${this.name} cannot go on without its peer: ${t.reason}`);
-      this.saveMeta({ ...this.meta, generations: t.state.generations, diskState: t.state.diskState, dirtyBytes: Math.max(this.meta.dirtyBytes ?? 0, bytes) });
+      this.saveMeta({ ...this.meta, generations: t.state.generations, diskState: t.state.diskState }, `going on without the peer: ${why}`);
       this.trackingAlone = true;
       this.log.warn('writing without the peer: changes are tracked for resync', { volume: this.name, current: t.state.generations.current });
     })().finally(() => { this.tracked = undefined; });
@@ -526,9 +548,13 @@ export class Replica {
     if (r !== 0 && epoch.dirtyRegions > 0) {
       // those writes may have been in the peer's cache only
       this.tracking.bitmap.union(epoch);
-      await this.ensureTrackingAlone(epoch.dirtyBytes);
+      await this.ensureTrackingAlone('a flush the peer did not take');
       await this.tracking.persistBitmap();
-      if (checkAlone) await this.checkAlone();
+      if (checkAlone) {
+        await this.checkAlone();
+        // the client is told these writes are durable, and only this copy surely holds them
+        this.countAckedAlone(epoch.dirtyBytes);
+      }
     }
   }
 
@@ -571,7 +597,7 @@ export class Replica {
       const any = pending.some((b) => b.dirtyRegions > 0);
       for (const b of pending) this.tracking.bitmap.union(b);
       if (any) {
-        void this.ensureTrackingAlone(0).then(() => this.tracking.persistBitmap()).catch((e: unknown) => {
+        void this.ensureTrackingAlone('the peer was lost with writes in its cache').then(() => this.tracking.persistBitmap()).catch((e: unknown) => {
           this.log.error('could not record the writes the peer may have lost', { volume: this.name, error: String(e) });
         });
       }
@@ -804,7 +830,12 @@ export class Replica {
       return;
     }
     let decision: SyncDecision = decideSync(this.localSide(), peer.side);
-    this.log.info('peer met', { volume: this.name, decision: decision.kind, reason: decision.reason });
+    const local = this.localSide();
+    this.log.info('peer met', {
+      volume: this.name, decision: decision.kind, reason: decision.reason,
+      local: formatGenerations(local.generations, local.diskState), localDirtyBytes: local.dirtyBytes,
+      peer: formatGenerations(peer.side.generations, peer.side.diskState), peerDirtyBytes: peer.side.dirtyBytes,
+    });
     if (decision.kind === 'split-brain' || decision.kind === 'unrelated') {
       const resolution = this.discardMyData !== peer.discardMyData
         ? operatorResolve(this.discardMyData ? 'local' : 'peer')
@@ -826,7 +857,7 @@ export class Replica {
     this.error = undefined;
     if (decision.kind === 'in-sync') {
       const s = onConnectedInSync({ generations: this.meta.generations, diskState: this.meta.diskState }, { generations: peer.side.generations, diskState: peer.side.diskState });
-      this.metMeta(s);
+      this.metMeta(s, 'met the peer in sync');
       this.connected();
       return;
     }
@@ -848,12 +879,12 @@ export class Replica {
     await this.startAsSource(decision.mode, peer);
   }
 
-  private metMeta(s: ReplicaState, extra: Partial<VolumeMetadata> = {}): void {
+  private metMeta(s: ReplicaState, why: string, extra: Partial<VolumeMetadata> = {}): void {
     this.trackingAlone = false;
     this.aloneAllowed = false;
     this.meetings++;
     this.discardMyData = false;
-    this.saveMeta({ ...this.meta, generations: s.generations, diskState: s.diskState, dirtyBytes: 0, crashedPrimary: false, ...extra });
+    this.saveMeta({ ...this.meta, generations: s.generations, diskState: s.diskState, dirtyBytes: 0, crashedPrimary: false, ...extra }, why);
   }
 
   private connected(): void {
@@ -867,7 +898,7 @@ export class Replica {
     const syncId = newGenerationId();
     const r = onResyncStart({ generations: this.meta.generations, diskState: this.meta.diskState },
       { generations: peer.side.generations, diskState: peer.side.diskState }, syncId);
-    this.metMeta(r.source, { dirtyBytes: 0 });
+    this.metMeta(r.source, 'resync start as the source', { dirtyBytes: 0 });
     this.send({ type: SyncMessageType.RESYNC_START, volumeId: this.wireId, syncId: genToWire(syncId), mode: mode === 'full' ? SyncResyncMode.FULL : SyncResyncMode.BITMAP });
     const total = mode === 'full' ? this.size : this.tracking.bitmap.dirtyBytes;
     if (mode === 'bitmap') {
@@ -894,7 +925,7 @@ export class Replica {
     const r = onResyncStart({ generations: peer.side.generations, diskState: peer.side.diskState },
       { generations: this.meta.generations, diskState: this.meta.diskState }, genFromWire(syncIdWire));
     // Inconsistent is on disk before any resync data lands
-    this.metMeta(r.target);
+    this.metMeta(r.target, 'resync start as the target');
     // the source moved its generations too: remember them as they are now, for the end of the resync
     this.peerView = { ...peer, side: { ...peer.side, generations: r.source.generations } };
     if (mode === 'full') {
@@ -944,7 +975,7 @@ export class Replica {
     await this.tracking.persistBitmap();
     const r = onResyncDone({ generations: peer.side.generations, diskState: peer.side.diskState }, { generations: this.meta.generations, diskState: this.meta.diskState });
     // The source's generations moved at the start; recompute its side as it now is
-    this.saveMeta({ ...this.meta, generations: r.target.generations, diskState: 'UpToDate' });
+    this.saveMeta({ ...this.meta, generations: r.target.generations, diskState: 'UpToDate' }, 'resync done as the target');
     this.resyncTarget = undefined;
     this.last = { direction: 'from-peer', mode: t.mode, ...p };
     this.send({ type: SyncMessageType.RESYNC_DONE, volumeId: this.wireId });
@@ -959,7 +990,7 @@ export class Replica {
     if (left > 0) this.log.warn('resync done with regions still marked here: cleared', { volume: this.name, bytes: left });
     this.tracking.bitmap.clearAll();
     await this.tracking.persistBitmap();
-    this.saveMeta({ ...this.meta, generations: r.source.generations });
+    this.saveMeta({ ...this.meta, generations: r.source.generations }, 'resync done as the source');
     src.progress.finishedAt = new Date().toISOString();
     src.progress.doneBytes = src.progress.totalBytes;
     src.progress.etaSeconds = 0;
@@ -1226,7 +1257,8 @@ export class Replica {
     if (!t.ok) throw new ReplicaError('ERR_NOT_UP_TO_DATE', `cannot promote ${this.name}: ${t.reason}`);
     if (opts.force && this.meta.diskState !== 'UpToDate') this.log.warn('forced promotion of a copy that may lack writes', { volume: this.name, diskState: this.meta.diskState });
     this.trackingAlone = t.state.generations.bitmap !== NO_GENERATION;
-    this.saveMeta({ ...this.meta, generations: t.state.generations, diskState: t.state.diskState, role: 'PRIMARY', primaryOpen: true, becamePrimaryAt: Date.now() });
+    this.saveMeta({ ...this.meta, generations: t.state.generations, diskState: t.state.diskState, role: 'PRIMARY', primaryOpen: true, becamePrimaryAt: Date.now() },
+      'promoted without the peer');
     this.roleNow = 'PRIMARY';
     this.suspended = undefined;
     this.log.info('promoted: PRIMARY (without its peer)', { volume: this.name });
@@ -1262,11 +1294,24 @@ export class Replica {
     this.resyncTarget?.tick();
   }
 
-  private saveMeta(m: VolumeMetadata): void {
+  /** `why` names the cause when the generations or the disk state change: the log keeps their history for a post-mortem. */
+  private saveMeta(m: VolumeMetadata, why = 'unchanged'): void {
     writeMetadata(this.o.volume.metaPath, m);
+    this.logGenerationChange(this.meta, m, why);
     this.meta = m;
     this.metaDirty = false;
     this.metaSavedAt = Date.now();
+  }
+
+  private logGenerationChange(before: VolumeMetadata, after: VolumeMetadata, why: string): void {
+    const b = before.generations;
+    const a = after.generations;
+    const same = b.current === a.current && b.bitmap === a.bitmap && b.history[0] === a.history[0] && b.history[1] === a.history[1];
+    if (same && before.diskState === after.diskState) return;
+    this.log.info('generations changed', {
+      volume: this.name, why, from: formatGenerations(b, before.diskState), to: formatGenerations(a, after.diskState),
+      dirtyBytes: after.dirtyBytes ?? 0, role: this.roleNow,
+    });
   }
 
   /** A clean stop: in-flight I/O finishes, everything is made durable, the primary flag is cleared. */
@@ -1282,6 +1327,11 @@ export class Replica {
     this.saveMeta({ ...this.meta, primaryOpen: false });
     await this.backend.close();
   }
+}
+
+/** current/bitmap/history0/history1 and the disk state, as one token for the log */
+function formatGenerations(g: Generations, d: DiskState): string {
+  return `${g.current}/${g.bitmap}/${g.history[0]}/${g.history[1]}:${d}`;
 }
 
 function isZero(b: Buffer): boolean {

@@ -18,7 +18,7 @@ export interface VolumeMetadata {
   readonly backingKind: 'file' | 'device';
   readonly generations: Generations;
   readonly diskState: DiskState;
-  /** bytes this copy wrote while apart from its peer (generations.ts SyncSide.dirtyBytes) */
+  /** bytes of client writes this copy acknowledged while apart from its peer (generations.ts SyncSide.dirtyBytes) */
   readonly dirtyBytes?: number;
   /** when this copy last became primary (ms since the epoch), 0 if never */
   readonly becamePrimaryAt?: number;

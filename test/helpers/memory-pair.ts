@@ -19,7 +19,7 @@ import { createLogger, type Logger } from '../../src/util/log';
 import { replicationLimits } from '../../src/replication/limits';
 import { dispatchPeerMessage } from '../../src/replication/dispatch';
 import { PeerSession } from '../../src/replication/peer-session';
-import { Replica, type CacheMode } from '../../src/replication/replica';
+import { Replica, type AlonePolicy, type CacheMode } from '../../src/replication/replica';
 import { establishLink, type SyncLink, type SyncLinkOptions } from '../../src/replication/sync-link';
 import { wireVolumeId } from '../../src/node/daemon';
 
@@ -67,6 +67,8 @@ export interface MemNodeOptions {
   readonly cacheMode?: CacheMode;
   readonly checksumResync?: boolean;
   readonly splitBrainPolicy?: SplitBrainPolicy;
+  /** the fencing policy's say over writes the peer lacks (the daemon's comes from the cluster machine) */
+  readonly alonePolicy?: AlonePolicy;
   readonly resyncRate?: number;
   /** runs on the fresh backing file before the volume is opened (e.g. to put data in it) */
   readonly prepare?: (backingPath: string) => void;
@@ -125,6 +127,7 @@ export class MemNode {
       name: volumeName, wireId: wireVolumeId(o.cluster.id, volumeName), nodeName: o.name, peerName: o.peerName,
       volume, tracking, role: o.primary ? 'PRIMARY' : 'SECONDARY', cacheMode: o.cacheMode ?? 'write-back',
       ...(o.splitBrainPolicy === undefined ? {} : { splitBrainPolicy: o.splitBrainPolicy }),
+      ...(o.alonePolicy === undefined ? {} : { alonePolicy: o.alonePolicy }),
       resyncRateBytesPerSecond: o.resyncRate ?? 0, checksumResync: o.checksumResync ?? false,
       log: log.child(volumeName), applyBudget,
     });

@@ -11,6 +11,7 @@ import { NO_GENERATION } from '../../src/storage/metadata';
 import type { Backend } from '../../src/storage/backend';
 import { SyncDiskState, SyncGenerationFlags, SyncMessageType, SyncResyncMode, type SyncMessage } from '../../src/protocol/sync/messages';
 import { replicationLimits } from '../../src/replication/limits';
+import type { AlonePolicy } from '../../src/replication/replica';
 import {
   connect, FakePeer, firstDiff, KiB, MemNode, MiB, newCluster, pattern, prng, readAll, sleep, waitFor, type MemNodeOptions,
 } from '../helpers/memory-pair';
@@ -23,7 +24,11 @@ let pairs = 0;
 
 interface Pair { readonly a: MemNode; readonly b: MemNode }
 
-type PairOptions = Partial<Pick<MemNodeOptions, 'cacheMode' | 'checksumResync' | 'prepare'>> & { readonly size: number };
+type PairOptions = Partial<Pick<MemNodeOptions, 'cacheMode' | 'checksumResync' | 'prepare'>> & {
+  readonly size: number;
+  /** each node's fencing policy over writes its peer lacks; none: a node always goes on alone */
+  readonly alonePolicies?: { readonly alpha: AlonePolicy; readonly beta: AlonePolicy };
+};
 
 /** alpha (primary, initial source) and beta (secondary), not yet connected; closed after the test. */
 async function makePair(t: TestContext, o: PairOptions): Promise<Pair> {
@@ -35,8 +40,11 @@ async function makePair(t: TestContext, o: PairOptions): Promise<Pair> {
     ...(o.checksumResync === undefined ? {} : { checksumResync: o.checksumResync }),
     verbose: process.env.TANDEM_TEST_VERBOSE === '1',
   };
-  const a = await MemNode.create({ ...common, name: 'alpha', peerName: 'beta', primary: true, ...(o.prepare === undefined ? {} : { prepare: o.prepare }) });
-  const b = await MemNode.create({ ...common, name: 'beta', peerName: 'alpha', primary: false });
+  const policy = (n: 'alpha' | 'beta'): { alonePolicy?: AlonePolicy } => (o.alonePolicies === undefined ? {} : { alonePolicy: o.alonePolicies[n] });
+  const a = await MemNode.create({
+    ...common, name: 'alpha', peerName: 'beta', primary: true, ...(o.prepare === undefined ? {} : { prepare: o.prepare }), ...policy('alpha'),
+  });
+  const b = await MemNode.create({ ...common, name: 'beta', peerName: 'alpha', primary: false, ...policy('beta') });
   t.after(async () => {
     try {
       // a replica that cannot close (an operation that never ends) fails the test instead of hanging the file
@@ -358,6 +366,54 @@ test('both primary but only one wrote (an old primary back from a pause): refuse
   await waitFor(() => b.replica.state === 'PRIM' && a.replica.state === 'SECOND' && a.replica.status().outOfSyncBytes === 0, 'beta PRIM, alpha SECOND in sync', 10_000, () => states(p));
   assertSameFiles(p, 'after the old primary was demoted');
   assert.equal(lastResync(a)?.direction, 'from-peer');
+});
+
+/** A node's say over going on alone, as the witness gives it: allowed until the peer takes the pool over. */
+class Fence implements AlonePolicy {
+  allowed = true;
+  decide(): Promise<boolean> { return Promise.resolve(this.allowed); }
+  mayAckAlone(): boolean { return this.allowed; }
+}
+
+test('an old primary fenced by a takeover acknowledged nothing alone: not a split brain; the new primary resyncs it by bitmap', { timeout: 30_000 }, async (t) => {
+  // The torture's sequence: the owner is paused, the peer takes over, the old owner resumes with writes
+  // in flight. Its link is gone (with writes still in the peer's cache only), its writes reach its own
+  // disk but fail (the witness fenced it), and it is demoted. Its copy differs, so it moved on; but no
+  // client saw a write of it that the new owner lacks, so it must not count as having written apart.
+  const fences = { alpha: new Fence(), beta: new Fence() };
+  const p = await makePair(t, { size: 8 * MiB, cacheMode: 'write-back', alonePolicies: fences });
+  const { a, b } = p;
+  const link = await connect(a, b);
+  await waitInSync(p);
+  const common = a.replica.generations.current;
+  const ea = a.replica.backendForExport();
+  // acknowledged from beta's cache only: the lost link leaves it unflushed there
+  await ea.write(pattern(21, 64 * KiB), 0);
+  fences.alpha.allowed = false;
+  link.cut();
+  await waitFor(() => a.link === undefined && b.link === undefined, 'both detached', 2000);
+  const failed = { offset: 1 * MiB, data: pattern(22, 64 * KiB) };
+  await assert.rejects(ea.write(failed.data, failed.offset), /fencing policy forbids going on alone/);
+  assert.ok(readAll(a.backingPath).subarray(failed.offset, failed.offset + failed.data.length).equals(failed.data),
+    'the refused write reached alpha\'s disk (as a write in flight at a pause does)');
+  assert.equal(a.replica.generations.bitmap, common, 'alpha\'s data differs from beta\'s: it moved on from the common id');
+
+  await b.replica.promote({ force: false });
+  const eb = b.replica.backendForExport();
+  await eb.write(pattern(23, 128 * KiB), 2 * MiB);
+  await eb.flush();
+  await a.replica.demote();
+
+  await connect(a, b);
+  await waitFor(() => b.replica.state === 'PRIM' && a.replica.state === 'SECOND' && a.replica.status().outOfSyncBytes === 0 &&
+    b.replica.status().outOfSyncBytes === 0, 'beta PRIM, alpha SECOND, in sync', 10_000, () => states(p));
+  assert.equal(a.replica.status().splitBrain, null, 'not a split brain');
+  assertSameFiles(p, 'after the old primary was resynced');
+  assert.ok(readAll(a.backingPath).subarray(failed.offset, failed.offset + failed.data.length).equals(Buffer.alloc(failed.data.length)),
+    'the refused write was replaced by the new primary\'s data');
+  assert.equal(lastResync(a)?.direction, 'from-peer');
+  assert.equal(lastResync(a)?.mode, 'bitmap', 'both tracked from the common id: a bitmap resync');
+  assert.deepEqual(a.replica.generations, b.replica.generations);
 });
 
 // ---------------------------------------------------------------- 5. a misbehaving peer
