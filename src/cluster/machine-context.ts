@@ -110,6 +110,12 @@ export class Ctx {
     return this.s.peerMembership !== 'member';
   }
 
+  /** Why nothing may be handed to the peer (it left, was removed, or is leaving), or null. */
+  get peerTakesNothing(): string | null {
+    if (this.s.peerLeaving) return `${this.cfg.peer} is going offline`;
+    return this.peerOut ? `${this.cfg.peer} is ${this.s.peerMembership}` : null;
+  }
+
   /** policies fence and none: the peer cannot be writing, so going on without it needs no fence: fenced since it was last up, offline or removed */
   get peerCannotWrite(): boolean {
     return this.s.peerFenced || this.peerOut;

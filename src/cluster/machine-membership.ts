@@ -152,7 +152,7 @@ export function settleOut(c: Ctx, name: string): void {
     else if (!serving) c.setPhase(name, 'STANDBY', null);
     return;
   }
-  const handing = c.present && !c.peerOut && !c.s.peerLeaving && c.peerKnows(name);
+  const handing = c.present && c.peerTakesNothing === null && c.peerKnows(name);
   if (serving) {
     // `node offline` deactivated what served here; this is a pool activated since by an operator's promote before
     if (c.s.membership === 'leaving') return;

@@ -228,7 +228,7 @@ function clears(c: Ctx): void {
 }
 
 function failback(c: Ctx): void {
-  if (c.maintenance || !c.present || c.selfOut || c.peerOut || c.s.peerLeaving) return;
+  if (c.maintenance || !c.present || c.selfOut || c.peerTakesNothing !== null) return;
   for (const spec of c.cfg.pools) {
     const p = c.pool(spec.name);
     if (p === undefined || !c.managed(p)) continue;

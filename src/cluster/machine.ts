@@ -467,8 +467,7 @@ function deactivated(c: Ctx, name: string): void {
       return;
     case 'swap': case 'offline': {
       // a write the peer missed while the pool was deactivating would be lost to a handover
-      const why = !c.present ? `${c.cfg.peer} went away during the ${d.kind === 'swap' ? 'swap' : 'handover'}` : c.peerOut ? `${c.cfg.peer} is ${c.s.peerMembership}`
-        : c.s.peerLeaving ? `${c.cfg.peer} is going offline` : c.inSync(name);
+      const why = !c.present ? `${c.cfg.peer} went away during the ${d.kind === 'swap' ? 'swap' : 'handover'}` : c.peerTakesNothing ?? c.inSync(name);
       if (why !== null) {
         // it stays owned here, and is activated again by the normal rules at the end of this step: at once with the
         // peer present; without it only as the policy allows (the peer may have taken it over while this node was
@@ -655,7 +654,7 @@ function command(c: Ctx, id: number, cmd: Command): void {
       if (!own) return refuse(`pool ${p.name} is owned by ${c.cfg.peer}`);
       if (p.phase !== 'ACTIVE') return refuse(`pool ${p.name} is ${p.phase} here, not ACTIVE`);
       if (!c.present) return refuse(`${c.cfg.peer} is not up and met`);
-      if (c.peerOut || c.s.peerLeaving) return refuse(`${c.cfg.peer} is ${c.s.peerLeaving ? 'going offline' : c.s.peerMembership}: it takes no pool`);
+      if (c.peerTakesNothing !== null) return refuse(`${c.peerTakesNothing}: it takes no pool`);
       if (!c.peerKnows(p.name)) return refuse(`${c.cfg.peer} has no record of pool ${p.name}: its configuration is not the same yet`);
       const why = c.inSync(p.name);
       if (why !== null) return refuse(why);
@@ -680,7 +679,7 @@ function reattach(c: Ctx, id: number, p: PoolState, node: string, refuse: (why: 
     return;
   }
   if (!c.present) return refuse(`${peer} is not up and met`);
-  if (c.peerOut || c.s.peerLeaving) return refuse(`${peer} is ${c.s.peerLeaving ? 'going offline' : c.s.peerMembership}: it takes no pool`);
+  if (c.peerTakesNothing !== null) return refuse(`${c.peerTakesNothing}: it takes no pool`);
   if (!c.peerKnows(p.name)) return refuse(`${peer} has no record of pool ${p.name}: its configuration is not the same yet`);
   const why = c.inSync(p.name);
   if (why !== null) return refuse(why);

@@ -69,44 +69,48 @@ async function freePorts(host: string, n: number): Promise<number[]> {
   return out;
 }
 
-/**
- * One HTTP request with a JSON body; resolves with the status and the parsed JSON answer.
- * `token`: sent as Authorization: Bearer; undefined: the node's own token when a test made the
- * node at host:port (test/helpers/api-tokens.ts); null: none.
- */
-export function httpJson<T = unknown>(
-  method: string, host: string, port: number, urlPath: string, body?: unknown, timeoutMs = 60_000, token?: string | null,
-): Promise<ApiReply<T>> {
+/** One HTTP request with an optional JSON body and bearer token; resolves with the status, headers and body text. */
+export function httpRaw(
+  method: string, host: string, port: number, urlPath: string, body: unknown, timeoutMs: number, bearer: string | null,
+): Promise<{ status: number; headers: http.IncomingHttpHeaders; text: string }> {
   return new Promise((resolve, reject) => {
     const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const bearer = token === undefined ? tokenFor(host, port) : token;
     const req = http.request({
       host, port, method, path: urlPath, agent: false, timeout: timeoutMs,
       headers: {
         connection: 'close',
-        ...(bearer === undefined || bearer === null ? {} : { authorization: `Bearer ${bearer}` }),
+        ...(bearer === null ? {} : { authorization: `Bearer ${bearer}` }),
         ...(data === undefined ? {} : { 'content-type': 'application/json', 'content-length': data.length }),
       },
     }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('error', reject);
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString('utf8');
-        let parsed: unknown;
-        try {
-          parsed = text.trim() === '' ? undefined : JSON.parse(text);
-        } catch {
-          reject(new Error(`${method} ${urlPath}: HTTP ${res.statusCode} with a body that is not JSON: ${text.slice(0, 500)}`));
-          return;
-        }
-        resolve({ status: res.statusCode ?? 0, body: parsed as T });
-      });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, text: Buffer.concat(chunks).toString('utf8') }));
     });
     req.on('timeout', () => req.destroy(new Error(`${method} ${urlPath} timed out after ${timeoutMs} ms`)));
     req.on('error', reject);
     req.end(data);
   });
+}
+
+/**
+ * One HTTP request with a JSON body; resolves with the status and the parsed JSON answer.
+ * `token`: sent as Authorization: Bearer; undefined: the node's own token when a test made the
+ * node at host:port (test/helpers/api-tokens.ts); null: none.
+ */
+export async function httpJson<T = unknown>(
+  method: string, host: string, port: number, urlPath: string, body?: unknown, timeoutMs = 60_000, token?: string | null,
+): Promise<ApiReply<T>> {
+  const bearer = token === undefined ? tokenFor(host, port) : token;
+  const r = await httpRaw(method, host, port, urlPath, body, timeoutMs, bearer ?? null);
+  let parsed: unknown;
+  try {
+    parsed = r.text.trim() === '' ? undefined : JSON.parse(r.text);
+  } catch {
+    throw new Error(`${method} ${urlPath}: HTTP ${r.status} with a body that is not JSON: ${r.text.slice(0, 500)}`);
+  }
+  return { status: r.status, body: parsed as T };
 }
 
 function tail(text: string, lines = 60): string {

@@ -8,7 +8,7 @@ import crypto from 'node:crypto';
 import http from 'node:http';
 import { test } from 'node:test';
 import { makeToken } from '../../src/node/api-token';
-import { withCluster, sleep, type Cluster, type NodeStatus, type TandemNode } from '../helpers/cluster';
+import { httpRaw, withCluster, sleep, type Cluster, type NodeStatus, type TandemNode } from '../helpers/cluster';
 
 // addresses no other test uses
 const HOSTS = { alpha: '127.0.0.60', beta: '127.0.0.61' } as const;
@@ -16,31 +16,11 @@ const HOSTS = { alpha: '127.0.0.60', beta: '127.0.0.61' } as const;
 interface Answer { status: number; headers: http.IncomingHttpHeaders; body: unknown; text: string }
 
 /** One request; the token goes as Authorization: Bearer when given. */
-function request(n: TandemNode, method: string, urlPath: string, token: string | null, body?: unknown): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const req = http.request({
-      host: n.addr.api.host, port: n.addr.api.port, method, path: urlPath, agent: false, timeout: 20_000,
-      headers: {
-        connection: 'close',
-        ...(token === null ? {} : { authorization: `Bearer ${token}` }),
-        ...(data === undefined ? {} : { 'content-type': 'application/json', 'content-length': data.length }),
-      },
-    }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('error', reject);
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString('utf8');
-        let parsed: unknown;
-        try { parsed = JSON.parse(text); } catch { parsed = undefined; }
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: parsed, text });
-      });
-    });
-    req.on('timeout', () => req.destroy(new Error(`${method} ${urlPath} timed out`)));
-    req.on('error', reject);
-    req.end(data);
-  });
+async function request(n: TandemNode, method: string, urlPath: string, token: string | null, body?: unknown): Promise<Answer> {
+  const r = await httpRaw(method, n.addr.api.host, n.addr.api.port, urlPath, body, 20_000, token);
+  let parsed: unknown;
+  try { parsed = JSON.parse(r.text); } catch { parsed = undefined; }
+  return { ...r, body: parsed };
 }
 
 function errorCode(a: Answer): string | undefined {
