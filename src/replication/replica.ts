@@ -342,6 +342,8 @@ export class Replica {
           await this.tracking.persistTransaction(r.transaction);
         } catch (e) {
           log.endWrite(offset, length);
+          log.abort(r.transaction);
+          this.log.error('could not persist an activity-log transaction: the write fails', { volume: this.name, offset, length, error: String(e) });
           throw e;
         } finally {
           this.wakeLogWaiters();

@@ -3,8 +3,8 @@
 // Opening reads the journal back (recover()), and the log resumes after the
 // newest intact record, so its next record lands in the slot after it.
 //
-// Methods return promises although the I/O is synchronous today (one 4 KiB
-// write and an fdatasync), so they can move to a worker without changing callers.
+// The ActivityLog allows one transaction pending at a time, so records never
+// race each other to the disk.
 import fs from 'node:fs';
 import {
   ActivityLog, activityLogGeometry, activityLogLimits, journalBytes, recover,
@@ -33,7 +33,8 @@ export class ActivityLogFile {
   readonly recovered: RecoveredLog;
   /** an empty log that continues the journal's sequence */
   readonly log: ActivityLog;
-  private closed = false;
+  /** set by close(): no new persist is accepted */
+  private closeDone: Promise<void> | undefined;
 
   private constructor(readonly path: string, private readonly fd: number, geometry: ActivityLogGeometry, journal: Buffer) {
     this.geometry = geometry;
@@ -59,16 +60,28 @@ export class ActivityLogFile {
    * Writes the transaction's record into its slot, makes it durable, then commits it to the log.
    * The caller has already made the dirty bits of `t.evicted` durable (change-tracking.ts does both).
    */
-  async persist(t: AlTransaction): Promise<void> {
-    if (this.closed) throw new TrackingFileError('ERR_TRACKING_CLOSED', `${this.path} is closed`);
-    writeAt(this.fd, t.record, trackingFileLimits.headerBytes + t.slot * activityLogLimits.slotBytes, `write ${this.path}`);
-    syncData(this.fd, `sync ${this.path}`);
+  persist(t: AlTransaction): Promise<void> {
+    if (this.closeDone !== undefined) return Promise.reject(new TrackingFileError('ERR_TRACKING_CLOSED', `${this.path} is closed`));
+    const run = this.persistNow(t);
+    this.persisting = run.then(() => undefined, () => undefined);
+    return run;
+  }
+
+  private persisting: Promise<void> = Promise.resolve();
+
+  private async persistNow(t: AlTransaction): Promise<void> {
+    await writeAt(this.fd, t.record, trackingFileLimits.headerBytes + t.slot * activityLogLimits.slotBytes, `write ${this.path}`);
+    await syncData(this.fd, `sync ${this.path}`);
     this.log.commit(t);
   }
 
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    fs.closeSync(this.fd);
+  close(): Promise<void> {
+    // persists asked for before the close still run; a write still in the thread pool must not meet
+    // a closed (or reused) descriptor
+    this.closeDone ??= this.persisting.then(() => {
+      fs.closeSync(this.fd);
+    });
+    return this.closeDone;
   }
+
 }

@@ -2,8 +2,9 @@
 // (tracking-file.ts). Persisting writes only the pages that changed since the
 // last persist, with positional writes and one fdatasync.
 //
-// Methods return promises although the I/O is synchronous today (a few KiB
-// per persist), so they can move to a worker without changing callers.
+// Persists run one at a time, through the thread pool: a persist that finds no
+// changed page must still wait for one in progress before it may say the bits
+// it saw are durable, and an older copy of a page must never land after a newer one.
 import fs from 'node:fs';
 import { BitmapError, bitmapGeometry, DirtyBitmap, dirtyBitmapLimits, type BitmapGeometry } from '../core/dirty-bitmap';
 import {
@@ -22,6 +23,8 @@ function headerValues(g: BitmapGeometry): Record<string, number> {
 
 export class BitmapFile {
   private closed = false;
+  /** set by close(): no new persist is accepted */
+  private closeDone: Promise<void> | undefined;
 
   private constructor(readonly path: string, private readonly fd: number, readonly bitmap: DirtyBitmap) {}
 
@@ -46,8 +49,20 @@ export class BitmapFile {
     }
   }
 
-  /** Writes the pages that changed since the last persist and makes them durable; returns how many. */
-  async persist(): Promise<number> {
+  /**
+   * Writes the pages that changed since the last persist and makes them durable; returns how many.
+   * Every bit set before the call is durable when it resolves.
+   */
+  persist(): Promise<number> {
+    if (this.closeDone !== undefined) return Promise.reject(this.closedError());
+    const run = this.persisting.then(() => this.persistNow());
+    this.persisting = run.then(() => undefined, () => undefined);
+    return run;
+  }
+
+  private persisting: Promise<void> = Promise.resolve();
+
+  private async persistNow(): Promise<number> {
     this.checkOpen();
     const pages = this.bitmap.takeDirtyPages();
     if (pages.length === 0) return 0;
@@ -58,10 +73,10 @@ export class BitmapFile {
         while (j < pages.length && pages[j] === (pages[j - 1] as number) + 1) j++;
         const first = pages[i] as number;
         const data = Buffer.concat(pages.slice(i, j).map((p) => this.bitmap.page(p)));
-        writeAt(this.fd, data, trackingFileLimits.headerBytes + first * dirtyBitmapLimits.pageBytes, `write ${this.path}`);
+        await writeAt(this.fd, data, trackingFileLimits.headerBytes + first * dirtyBitmapLimits.pageBytes, `write ${this.path}`);
         i = j;
       }
-      syncData(this.fd, `sync ${this.path}`);
+      await syncData(this.fd, `sync ${this.path}`);
     } catch (e) {
       // the pages may not be on disk: the next persist writes them again
       this.bitmap.markPagesDirty(pages);
@@ -71,13 +86,21 @@ export class BitmapFile {
   }
 
   /** Closes without persisting: call persist() first for a clean stop. */
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    fs.closeSync(this.fd);
+  close(): Promise<void> {
+    // persists asked for before the close still run; a write still in the thread pool must not meet
+    // a closed (or reused) descriptor
+    this.closeDone ??= this.persisting.then(() => {
+      this.closed = true;
+      fs.closeSync(this.fd);
+    });
+    return this.closeDone;
+  }
+
+  private closedError(): TrackingFileError {
+    return new TrackingFileError('ERR_TRACKING_CLOSED', `${this.path} is closed`);
   }
 
   private checkOpen(): void {
-    if (this.closed) throw new TrackingFileError('ERR_TRACKING_CLOSED', `${this.path} is closed`);
+    if (this.closed) throw this.closedError();
   }
 }

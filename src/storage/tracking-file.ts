@@ -121,18 +121,26 @@ function readExactly(fd: number, position: number, length: number, file: string)
   return b;
 }
 
-/** Writes all of `buf` at `position` (synchronous: these writes are a few KiB). */
-export function writeAt(fd: number, buf: Buffer, position: number, what: string): void {
+/**
+ * Writes all of `buf` at `position` through the thread pool: a log transaction's fdatasync can
+ * take milliseconds behind a stream of data writeback, and the event loop (the sync link, the
+ * other writes) must go on meanwhile.
+ */
+export async function writeAt(fd: number, buf: Buffer, position: number, what: string): Promise<void> {
   try {
-    for (let done = 0; done < buf.length;) done += fs.writeSync(fd, buf, done, buf.length - done, position + done);
+    for (let done = 0; done < buf.length;) {
+      done += await new Promise<number>((resolve, reject) => {
+        fs.write(fd, buf, done, buf.length - done, position + done, (e, n) => { if (e === null) resolve(n); else reject(e); });
+      });
+    }
   } catch (e) {
     throw ioError(e, what);
   }
 }
 
-export function syncData(fd: number, what: string): void {
+export async function syncData(fd: number, what: string): Promise<void> {
   try {
-    fs.fdatasyncSync(fd);
+    await new Promise<void>((resolve, reject) => fs.fdatasync(fd, (e) => { if (e === null) resolve(); else reject(e); }));
   } catch (e) {
     throw ioError(e, what);
   }

@@ -255,6 +255,8 @@ test('c. kill -9 alpha (primary) during a write load: every acknowledged write s
     const viaAlpha = ['--ioengine=nbd', `--uri=${c.alpha.nbdUri}`];
     const fio = startFio([...job, ...viaAlpha, '--iodepth=16', '--do_verify=0', '--verify_state_save=1'], { cwd: fioDir, timeoutMs: 120_000 });
     let killedAt = 0;
+    /** offsets of the writes fio itself saw fail when alpha died: in flight, never acknowledged */
+    const failed = new Set<number>();
     try {
       await c.waitFor((v) => (v.alpha?.counters.writes ?? 0) >= 3000, 60_000, '3000 writes on alpha (some 500 extents touched)');
       await c.alpha.kill9();
@@ -262,8 +264,9 @@ test('c. kill -9 alpha (primary) during a write load: every acknowledged write s
     } finally {
       if (killedAt === 0) fio.kill();
       const r = await fio.done;
-      // fio fails: its server died under it. What matters is the state it saved.
-      t.diagnostic(`write job: exit ${r.code}; ${r.stderr.split('\n').filter((l) => l.trim() !== '').slice(0, 2).join(' | ')}`);
+      // fio fails: its server died under it. What matters is the state it saved, and which writes failed.
+      for (const m of r.stderr.matchAll(/io_u error on file .*: write offset=(\d+), buflen=\d+/g)) failed.add(Number(m[1]));
+      t.diagnostic(`write job: exit ${r.code}; ${failed.size} writes failed; ${r.stderr.split('\n').filter((l) => l.trim() !== '').slice(0, 2).join(' | ')}`);
       assert.notEqual(killedAt, 0, `fio ended before the kill:\n${describeFio(r)}`);
     }
     const stateFile = path.join(fioDir, 'local-crash-0-verify.state');
@@ -271,6 +274,7 @@ test('c. kill -9 alpha (primary) during a write load: every acknowledged write s
     const state = readFioVerifyState(stateFile);
     t.diagnostic(`fio verify state: ${state.issuedWrites} writes issued, depth ${state.depth}, ${state.completions.length} last completions`);
     assert.equal(state.depth, 16);
+    assert.ok(failed.size <= state.depth, `${failed.size} writes failed, more than were in flight`);
     // alpha counted 3000 writes; fio's own count of issued writes drops the ones it requeued
     // when the connection died, so it can be a little lower. 2000 random writes still touch
     // nearly all 512 extents, twice what the activity log holds.
@@ -278,21 +282,29 @@ test('c. kill -9 alpha (primary) during a write load: every acknowledged write s
 
     /**
      * fio --verify_only with the saved state: it replays the job's offsets and
-     * reads back, in issue order, every write issued before the last `depth`
-     * (all of them acknowledged), then those of the last `depth` it saw
-     * complete, up to the first it did not. One read at a time, so its count
-     * of verified reads is exact.
+     * reads back, in issue order, every write issued before the last `depth`,
+     * then those of the last `depth` it saw complete, up to the first it did
+     * not. One read at a time, so its count of verified reads is exact.
+     *
+     * The state assumes writes complete about in issue order. They need not: a
+     * write that waits for a new activity-log extent is overtaken by later
+     * writes to hot extents, so one issued long before the last `depth` may
+     * still be in flight when alpha dies. fio reported every such write as
+     * failed; only those may read back other than written. Any other block
+     * fio's verify flags is an acknowledged write lost.
      */
     const verifyAcked = async (target: string[], where: string): Promise<void> => {
       // verify_state_save=0: a verify_only run would otherwise overwrite the state it loaded
       const saved = fs.readFileSync(stateFile);
-      const vr = await runFio([...job, ...target, '--iodepth=1', '--verify_only=1', '--verify_state_load=1', '--verify_state_save=0', '--verify_fatal=1'],
+      const vr = await runFio([...job, ...target, '--iodepth=1', '--verify_only=1', '--verify_state_load=1', '--verify_state_save=0'],
         { cwd: fioDir, timeoutMs: 120_000 });
       assert.ok(fs.readFileSync(stateFile).equals(saved), 'fio rewrote the verify state');
-      assert.equal(vr.code, 0, `${where}: fio --verify_only found lost or damaged writes:\n${describeFio(vr)}`);
+      const bad = [...vr.stderr.matchAll(/requested block: offset=(\d+), length=\d+/g)].map((m) => Number(m[1]));
+      const lost = bad.filter((o) => !failed.has(o));
+      assert.deepEqual(lost, [], `${where}: fio --verify_only found acknowledged writes lost or damaged:\n${describeFio(vr)}`);
+      assert.ok(vr.code === 0 || bad.length > 0, `${where}: fio failed without naming a block:\n${describeFio(vr)}`);
       const j = onlyJob(vr.jobs, 'verify');
-      assert.equal(j.error, 0, describeFio(vr));
-      t.diagnostic(`${where}: verified ${j.read.total_ios} of ${state.issuedWrites} issued writes`);
+      t.diagnostic(`${where}: verified ${j.read.total_ios} of ${state.issuedWrites} issued writes; ${bad.length} unacknowledged writes read back as before`);
       assert.ok(j.read.total_ios >= state.issuedWrites - state.depth,
         `${where}: fio verified only ${j.read.total_ios} writes of ${state.issuedWrites} issued (depth ${state.depth})`);
       assert.ok(j.read.total_ios <= state.issuedWrites);

@@ -300,3 +300,58 @@ test('property: writes start only inside durable extents; busy extents stay; cor
     assert.deepEqual(r.extents, written.get(newest) ?? [], 'no extent of the newest intact record is lost');
   }), { numRuns: 500 });
 });
+
+test('a sequential stream adds the extents ahead of it in one transaction; random writes do not', () => {
+  const g40 = activityLogGeometry({ volumeBytes: 64 * MiB, extentBytes: MiB, extentsMax: 40, journalSlots: 4 });
+  const log = new ActivityLog(g40, 1, { readAheadExtents: 7 });
+  const j = new Journal(g40);
+  // the first write of a stream is not known to be one
+  assert.deepEqual(persisted(writeRange(log, j, 0, MiB / 2)).added, [0]);
+  // the next starts where it ended; extent 0 is active, so no transaction yet
+  assert.equal(writeRange(log, j, MiB / 2, MiB / 2).kind, 'ready');
+  // crossing into extent 1: the stream is recognised, 1..8 are added at once
+  assert.deepEqual(persisted(writeRange(log, j, MiB, MiB)).added, [1, 2, 3, 4, 5, 6, 7, 8]);
+  let transactions = 0;
+  for (let at = 2 * MiB; at < 9 * MiB; at += MiB) if (writeRange(log, j, at, MiB).kind === 'persist') transactions++;
+  assert.equal(transactions, 0, 'the stream runs through the extents read ahead');
+  assert.deepEqual(persisted(writeRange(log, j, 9 * MiB, MiB)).added, [9, 10, 11, 12, 13, 14, 15, 16]);
+  assert.deepEqual(j.recover().extents, Array.from({ length: 17 }, (_, i) => i), 'what is read ahead is in the record');
+  // a write elsewhere is not part of the stream
+  assert.deepEqual(persisted(writeRange(log, j, 30 * MiB + 4096, 4096)).added, [30]);
+  // read-ahead stops at the end of the volume
+  assert.deepEqual(persisted(writeRange(log, j, 60 * MiB, MiB)).added, [60]);
+  assert.deepEqual(persisted(writeRange(log, j, 61 * MiB, MiB)).added, [61, 62, 63]);
+});
+
+test('read-ahead only takes room that is free or idle: it never makes a write wait', () => {
+  const g4 = activityLogGeometry({ volumeBytes: 64 * MiB, extentBytes: MiB, extentsMax: 4, journalSlots: 4 });
+  const log = new ActivityLog(g4, 1, { readAheadExtents: 31 });
+  const j = new Journal(g4);
+  // a write in flight in extent 20 pins it
+  j.persist(log, persisted(log.beginWrite(20 * MiB, 1)));
+  assert.deepEqual(persisted(writeRange(log, j, 0, MiB)).added, [0]);
+  const t = persisted(writeRange(log, j, MiB, MiB));
+  assert.deepEqual(t.added, [1, 2, 3], 'read-ahead takes the room left beside the pinned extent, not 31');
+  assert.deepEqual(t.evicted, [0], 'the idle extent makes room');
+  assert.deepEqual(log.activeExtents(), [1, 2, 3, 20]);
+  assert.equal(log.inFlight(20), 1);
+  assert.throws(() => new ActivityLog(g4, 1, { readAheadExtents: -1 }), isAlError('ERR_AL_GEOMETRY'));
+});
+
+test('a transaction that could not be persisted is aborted: its extents leave the log and the next write retries', () => {
+  const log = new ActivityLog(g, 1, { readAheadExtents: 0 });
+  const j = new Journal(g);
+  j.persist(log, persisted(log.beginWrite(0, 1)));
+  log.endWrite(0, 1);
+  const failed = persisted(log.beginWrite(MiB, 1));
+  assert.deepEqual(log.beginWrite(MiB + 1, 1), { kind: 'wait', reason: 'committing' });
+  log.endWrite(MiB, 1);
+  log.abort(failed);
+  assert.deepEqual(log.activeExtents(), [0], 'the extent the failed record added is not active');
+  assert.throws(() => log.abort(failed), isAlError('ERR_AL_TRANSACTION'), 'only the pending transaction can be aborted');
+  const retry = persisted(log.beginWrite(MiB + 1, 1));
+  assert.deepEqual(retry.added, [1]);
+  assert.equal(retry.sequence, failed.sequence + 1, 'a new record, in the next slot');
+  j.persist(log, retry);
+  assert.deepEqual(j.recover().extents, [0, 1]);
+});

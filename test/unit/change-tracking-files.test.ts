@@ -64,6 +64,26 @@ test('persist writes only the changed pages; a reopened bitmap is what was persi
   await assert.rejects(reopened.persist(), isFileError('ERR_TRACKING_CLOSED'));
 });
 
+test('persists run one at a time: one that finds nothing to write still waits for the one in progress', async () => {
+  const b = backing();
+  const g = changeTrackingGeometry({ volumeBytes: 300 * MiB, regionBytes: 4 * KiB });
+  const t = await ChangeTracking.create(b, g);
+  const order: string[] = [];
+  t.bitmap.set(0, 1);
+  const first = t.persistBitmap().then((n) => { order.push(`first ${n}`); });
+  // the first persist takes both pages; these find nothing left, but must not say so before its write is durable
+  const second = t.persistBitmap().then((n) => { order.push(`second ${n}`); });
+  t.bitmap.set(299 * MiB, 1);
+  const third = t.persistBitmap().then((n) => { order.push(`third ${n}`); });
+  // closing waits for them: the descriptor is not closed under a write
+  await Promise.all([first, second, third, t.close()]);
+  assert.deepEqual(order, ['first 2', 'second 0', 'third 0']);
+  await assert.rejects(t.persistBitmap(), isFileError('ERR_TRACKING_CLOSED'));
+  const reopened = await BitmapFile.open(changeTrackingPaths(b).bitmapPath, g.bitmap);
+  assert.equal(reopened.bitmap.dirtyBytes, 8 * KiB, 'both bits reached the disk');
+  await reopened.close();
+});
+
 test('a bitmap or log file that does not fit the volume is refused with a code', async () => {
   const b = backing();
   await (await ChangeTracking.create(b, geometry)).close();
