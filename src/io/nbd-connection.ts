@@ -54,7 +54,7 @@ function nbdErrno(e: unknown): number {
 interface WriteInProgress {
   readonly req: RequestHeader;
   readonly pieces: Promise<void>[];
-  /** the whole payload, for a store that wants one write per request (Backend.wholeWrites) */
+  /** the whole payload, for a store that wants one write per request (Backend.wholeWrites); from the pool */
   readonly whole: Buffer | undefined;
   failure: unknown;
 }
@@ -175,7 +175,8 @@ export class NbdConnection implements RequestSink {
     this.inflightRequests++;
     this.stats.requests++;
     if (req.type === NBD_CMD_WRITE && this.rejection === undefined) {
-      const whole = this.backend?.wholeWrites === true ? Buffer.allocUnsafe(req.length) : undefined;
+      // pooled: a fresh megabyte per write costs more in page faults and collections than its copy
+      const whole = this.backend?.wholeWrites === true ? this.ctx.pool.take(req.length).subarray(0, req.length) : undefined;
       this.write = { req, pieces: [], whole, failure: undefined };
     }
     return true;
@@ -232,7 +233,11 @@ export class NbdConnection implements RequestSink {
         case NBD_CMD_WRITE: {
           const w = this.write as WriteInProgress;
           this.write = undefined;
-          if (w.whole !== undefined) await b.write(w.whole, req.offset);
+          if (w.whole !== undefined) {
+            await b.write(w.whole, req.offset);
+            // only after a write that settled well: a failed one may still be referenced by the store
+            this.ctx.pool.give(w.whole);
+          }
           if (w.pieces.length > 0) await Promise.all(w.pieces);
           if (w.failure !== undefined) throw w.failure;
           if (fua) await b.flush();

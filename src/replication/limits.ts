@@ -2,6 +2,8 @@
 export const replicationLimits = {
   /** bytes of client writes in flight per volume (local + peer); more writers wait */
   inFlightBytesMax: 64 * 1024 * 1024,
+  /** received frame memory a sync link keeps for reuse once its writes are applied */
+  recycledFrameBytesMax: 64 * 1024 * 1024,
   /** bytes of peer writes and resync data a node applies at once; above it the sync link stops being read */
   applyBytesMax: 256 * 1024 * 1024,
   /** one resync request (whole regions) */

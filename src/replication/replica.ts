@@ -1040,6 +1040,7 @@ export class Replica {
         else await this.backend.trim(m.offset, m.length);
         if ((m.flags & 1) !== 0) await this.backend.flush();
         this.counters.peerWriteBytes += length;
+        if (m.type === SyncMessageType.WRITE) session?.link.recycle(m.data);
       } catch (e) {
         this.log.error('applying a peer write failed', { volume: this.name, offset: m.offset, length, error: String(e) });
         status = EIO;

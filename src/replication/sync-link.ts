@@ -8,6 +8,8 @@ import { SyncProtocolError } from '../protocol/sync/errors';
 import { FrameDecoder, FrameEncoder, type Frame } from '../protocol/sync/frame';
 import { SyncMessageType, syncMessageTypeName, type SyncMessage } from '../protocol/sync/messages';
 import { syncLimits } from '../protocol/sync/limits';
+import { BufferPool } from '../io/buffer-pool';
+import { replicationLimits } from './limits';
 
 export interface SyncLinkOptions {
   readonly role: SyncRole;
@@ -96,13 +98,17 @@ export class SyncLink {
   private corked = false;
   /** bytes that came with the handshake's last frame: the first of the session */
   private rest: Buffer;
+  /** memory for received frames that span chunks (mirrored writes, resync data), reused via recycle() */
+  private readonly frames = new BufferPool(replicationLimits.recycledFrameBytesMax);
   bytesSent = 0;
   bytesReceived = 0;
 
   constructor(private readonly stream: Duplex, private readonly o: SyncLinkOptions, done: AuthDone) {
     this.peerName = done.peerName;
     this.encoder = new FrameEncoder({ key: done.sessionKeys.send, nextSeq: done.sendSeq });
-    this.decoder = new FrameDecoder((f) => this.onFrame(f), { key: done.sessionKeys.receive, nextSeq: done.receiveSeq });
+    this.decoder = new FrameDecoder((f) => this.onFrame(f), {
+      key: done.sessionKeys.receive, nextSeq: done.receiveSeq, allocate: (n) => this.frames.take(n),
+    });
     this.pinger = setInterval(() => this.keepalive(), o.pingIntervalMs);
     this.pinger.unref();
     stream.on('error', (e: Error) => this.close(`sync link failed: ${e.message}`));
@@ -141,6 +147,14 @@ export class SyncLink {
     }
     for (const p of parts) { s.write(p); this.bytesSent += p.length; }
     return true;
+  }
+
+  /**
+   * A received message's bytes (any view of them) are no longer used: their memory may carry a later
+   * frame. Memory the link did not allocate is left alone.
+   */
+  recycle(view: Buffer): void {
+    this.frames.give(view);
   }
 
   /** Stops reading (the receiver is over its budget); every pause needs one resume. */

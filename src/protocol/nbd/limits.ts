@@ -37,7 +37,7 @@ export const nbdServerLimits = {
   readHoleMapBytesMin: 64 * 1024,
   /** extents looked up for one READ's hole map */
   readHoleMapExtentsMax: 64,
-  /** freed read buffers kept for reuse, in total */
+  /** freed read buffers and whole-write buffers (a mirrored store's) kept for reuse, in total */
   readBufferPoolBytesMax: 64 * 1024 * 1024,
 } as const;
 

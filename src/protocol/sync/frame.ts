@@ -192,6 +192,11 @@ export interface FrameDecoderOptions<M = SyncMessage> {
   readonly nextSeq?: bigint;
   /** turns a payload into the frame's message, throwing SyncProtocolError; decodeMessage by default */
   readonly decode?: PayloadDecoder<M>;
+  /**
+   * memory for a frame that spans chunks, at least `bytes` long (a pool's); Buffer.allocUnsafe by
+   * default. Only called once the header passed its checks.
+   */
+  readonly allocate?: (bytes: number) => Buffer;
 }
 
 interface Partial {
@@ -215,6 +220,7 @@ interface Partial {
 export class FrameDecoder<M = SyncMessage> {
   private readonly limits: SyncLimits;
   private readonly decode: PayloadDecoder<M>;
+  private readonly allocate: (bytes: number) => Buffer;
   private key: Buffer | undefined;
   private seq: bigint;
   private readonly header = Buffer.alloc(FRAME_HEADER_BYTES);
@@ -228,6 +234,7 @@ export class FrameDecoder<M = SyncMessage> {
   constructor(private readonly onFrame: (frame: Frame<M>) => void, options: FrameDecoderOptions<M> = {}) {
     this.limits = options.limits ?? syncLimits;
     this.decode = options.decode ?? (decodeMessage as unknown as PayloadDecoder<M>);
+    this.allocate = options.allocate ?? ((n) => Buffer.allocUnsafe(n));
     this.key = options.key === undefined ? undefined : checkKey(options.key, this.limits);
     this.seq = checkSeq(options.nextSeq ?? 1n);
   }
@@ -297,7 +304,7 @@ export class FrameDecoder<M = SyncMessage> {
             this.deliver(h, frame);
             continue;
           }
-          cur = this.current = { header: h, buf: Buffer.allocUnsafe(total), fill: 0 };
+          cur = this.current = { header: h, buf: this.allocate(total).subarray(0, total), fill: 0 };
         } else {
           const n = Math.min(FRAME_HEADER_BYTES - this.headerFill, available);
           chunk.copy(this.header, this.headerFill, this.at, this.at + n);
@@ -305,7 +312,8 @@ export class FrameDecoder<M = SyncMessage> {
           this.at += n;
           if (this.headerFill < FRAME_HEADER_BYTES) return;
           const h = this.checkHeader(this.header, 0);
-          cur = this.current = { header: h, buf: Buffer.allocUnsafe(this.frameBytes(h)), fill: FRAME_HEADER_BYTES };
+          const total = this.frameBytes(h);
+          cur = this.current = { header: h, buf: this.allocate(total).subarray(0, total), fill: FRAME_HEADER_BYTES };
           this.header.copy(cur.buf, 0);
           this.headerFill = 0;
         }
