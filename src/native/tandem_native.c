@@ -3,6 +3,12 @@
  * needs: fallocate (punch hole, zero range), lseek with SEEK_DATA / SEEK_HOLE
  * (extents), and the size of a block device. Each call is synchronous: they
  * are metadata operations that do not wait for data to move.
+ *
+ * And the sync link's frame MAC (GMAC: AES-256-GCM with an empty plaintext),
+ * computed with the OpenSSL that Node.js itself links and exports. Node's
+ * createCipheriv builds a cipher object and an OpenSSL context per call, which
+ * costs more than MACing a 4 KiB frame; here one context per session key is
+ * set up once and each frame only sets the IV.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -10,6 +16,9 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <node_api.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -123,6 +132,242 @@ static napi_value js_flock(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* ---- GMAC ---- */
+
+#define GMAC_KEY_BYTES 32
+#define GMAC_IV_BYTES 12
+#define GMAC_TAG_BYTES 16
+/* EVP_EncryptUpdate takes an int length: longer pieces go in slices (GCM takes AAD in any split) */
+#define GMAC_SLICE_BYTES ((size_t)1 << 30)
+/* pieces per frame handled without a heap allocation; a frame has a handful */
+#define GMAC_PIECES_ON_STACK 16
+
+typedef struct {
+  EVP_CIPHER_CTX *ctx; /* NULL once freed */
+} gmac_t;
+
+typedef struct {
+  napi_value value;
+  const uint8_t *data;
+  size_t length;
+} gmac_piece_t;
+
+/* Throws an Error naming the failed OpenSSL call and OpenSSL's reason, and
+ * empties this thread's OpenSSL error queue so the stale entry cannot be
+ * reported by Node's own crypto later. */
+static napi_value throw_openssl(napi_env env, const char *call) {
+  unsigned long e = ERR_get_error();
+  char reason[256] = "no OpenSSL error queued";
+  if (e != 0) ERR_error_string_n(e, reason, sizeof reason);
+  ERR_clear_error();
+  char msg[400];
+  snprintf(msg, sizeof msg, "GMAC: %s failed: %s", call, reason);
+  napi_throw_error(env, "ERR_GMAC_OPENSSL", msg);
+  return NULL;
+}
+
+/* The bytes of a Uint8Array (a Buffer is one); 0 and a TypeError otherwise. */
+static int get_bytes(napi_env env, napi_value v, const char *what, const uint8_t **data, size_t *length) {
+  bool is_typedarray = false;
+  napi_typedarray_type type;
+  void *p = NULL;
+  if (napi_is_typedarray(env, v, &is_typedarray) != napi_ok || !is_typedarray ||
+      napi_get_typedarray_info(env, v, &type, length, &p, NULL, NULL) != napi_ok || type != napi_uint8_array) {
+    char msg[120];
+    snprintf(msg, sizeof msg, "%s must be a Buffer or Uint8Array", what);
+    napi_throw_type_error(env, "ERR_ARGS", msg);
+    return 0;
+  }
+  *data = p;
+  return 1;
+}
+
+static void gmac_free_ctx(gmac_t *g) {
+  if (g->ctx != NULL) {
+    EVP_CIPHER_CTX_free(g->ctx); /* cleanses the key schedule */
+    g->ctx = NULL;
+  }
+}
+
+static void gmac_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  gmac_t *g = data;
+  gmac_free_ctx(g);
+  free(g);
+}
+
+static gmac_t *gmac_this(napi_env env, napi_value self) {
+  gmac_t *g = NULL;
+  if (napi_unwrap(env, self, (void **)&g) != napi_ok || g == NULL) {
+    napi_throw_type_error(env, "ERR_ARGS", "not a Gmac");
+    return NULL;
+  }
+  return g;
+}
+
+/* new Gmac(key): key is 32 bytes */
+static napi_value js_gmac_new(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], self, target;
+  if (napi_get_cb_info(env, info, &argc, argv, &self, NULL) != napi_ok) return NULL;
+  if (napi_get_new_target(env, info, &target) != napi_ok || target == NULL) {
+    napi_throw_type_error(env, "ERR_ARGS", "Gmac is a constructor: use new");
+    return NULL;
+  }
+  if (argc != 1) {
+    napi_throw_type_error(env, "ERR_ARGS", "new Gmac(key) takes one argument");
+    return NULL;
+  }
+  const uint8_t *key;
+  size_t key_length;
+  if (!get_bytes(env, argv[0], "the key", &key, &key_length)) return NULL;
+  if (key_length != GMAC_KEY_BYTES) {
+    napi_throw_range_error(env, "ERR_RANGE", "a GMAC key is 32 bytes (AES-256)");
+    return NULL;
+  }
+  gmac_t *g = calloc(1, sizeof *g);
+  if (g == NULL) {
+    napi_throw_error(env, "ENOMEM", "GMAC: out of memory");
+    return NULL;
+  }
+  g->ctx = EVP_CIPHER_CTX_new();
+  if (g->ctx == NULL) {
+    free(g);
+    return throw_openssl(env, "EVP_CIPHER_CTX_new");
+  }
+  /* cipher first, then the IV length, then the key: the IV is set per frame */
+  const char *failed = NULL;
+  if (EVP_EncryptInit_ex(g->ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1) failed = "EVP_EncryptInit_ex(aes-256-gcm)";
+  else if (EVP_CIPHER_CTX_ctrl(g->ctx, EVP_CTRL_GCM_SET_IVLEN, GMAC_IV_BYTES, NULL) != 1) failed = "EVP_CTRL_GCM_SET_IVLEN";
+  else if (EVP_EncryptInit_ex(g->ctx, NULL, NULL, key, NULL) != 1) failed = "EVP_EncryptInit_ex(key)";
+  if (failed != NULL) {
+    throw_openssl(env, failed);
+    gmac_finalize(env, g, NULL);
+    return NULL;
+  }
+  if (napi_wrap(env, self, g, gmac_finalize, NULL, NULL) != napi_ok) {
+    gmac_finalize(env, g, NULL);
+    napi_throw_error(env, "ERR_GMAC_OPENSSL", "GMAC: napi_wrap failed");
+    return NULL;
+  }
+  return self;
+}
+
+/*
+ * gmac.mac(seq, pieces, out): the 16-byte GCM tag of an empty plaintext with
+ * the pieces, in order, as AAD and IV = 4 zero bytes || seq (u64 BE), written
+ * to out (16 bytes), which is returned. seq is a BigInt in [0, 2^64).
+ */
+static napi_value js_gmac_mac(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], self;
+  if (napi_get_cb_info(env, info, &argc, argv, &self, NULL) != napi_ok) return NULL;
+  if (argc != 3) {
+    napi_throw_type_error(env, "ERR_ARGS", "mac(seq, pieces, out) takes three arguments");
+    return NULL;
+  }
+  uint64_t seq;
+  bool lossless = false;
+  if (napi_get_value_bigint_uint64(env, argv[0], &seq, &lossless) != napi_ok) {
+    napi_throw_type_error(env, "ERR_ARGS", "seq must be a BigInt");
+    return NULL;
+  }
+  if (!lossless) {
+    napi_throw_range_error(env, "ERR_RANGE", "seq must be in [0, 2^64)");
+    return NULL;
+  }
+
+  bool is_array = false;
+  uint32_t count = 0;
+  if (napi_is_array(env, argv[1], &is_array) != napi_ok || !is_array ||
+      napi_get_array_length(env, argv[1], &count) != napi_ok) {
+    napi_throw_type_error(env, "ERR_ARGS", "pieces must be an array of Buffers");
+    return NULL;
+  }
+
+  /* Every element is fetched before any data pointer is taken (out's too):
+   * fetching may run JS (a getter on the array), which could detach a buffer
+   * or free this Gmac; from the first pointer on, no JS runs until the tag is out. */
+  gmac_piece_t on_stack[GMAC_PIECES_ON_STACK];
+  gmac_piece_t *pieces = on_stack;
+  if (count > GMAC_PIECES_ON_STACK) {
+    pieces = malloc(count * sizeof *pieces);
+    if (pieces == NULL) {
+      napi_throw_error(env, "ENOMEM", "GMAC: out of memory");
+      return NULL;
+    }
+  }
+  napi_value result = NULL;
+  uint32_t i;
+  for (i = 0; i < count; i++) {
+    if (napi_get_element(env, argv[1], i, &pieces[i].value) != napi_ok) goto done;
+  }
+  for (i = 0; i < count; i++) {
+    if (!get_bytes(env, pieces[i].value, "every piece", &pieces[i].data, &pieces[i].length)) goto done;
+  }
+  const uint8_t *tag_out;
+  size_t tag_length;
+  if (!get_bytes(env, argv[2], "out", &tag_out, &tag_length)) goto done;
+  if (tag_length != GMAC_TAG_BYTES) {
+    napi_throw_range_error(env, "ERR_RANGE", "out must be 16 bytes");
+    goto done;
+  }
+  gmac_t *g = gmac_this(env, self);
+  if (g == NULL) goto done;
+  if (g->ctx == NULL) {
+    napi_throw_error(env, "ERR_GMAC_FREED", "this Gmac was freed");
+    goto done;
+  }
+
+  uint8_t iv[GMAC_IV_BYTES] = {0};
+  for (int b = 0; b < 8; b++) iv[4 + b] = (uint8_t)(seq >> (56 - 8 * b));
+  /* only the IV: the key schedule and GHASH key stay from the constructor */
+  if (EVP_EncryptInit_ex(g->ctx, NULL, NULL, NULL, iv) != 1) {
+    throw_openssl(env, "EVP_EncryptInit_ex(iv)");
+    goto done;
+  }
+  for (i = 0; i < count; i++) {
+    const uint8_t *data = pieces[i].data;
+    size_t length = pieces[i].length;
+    while (length > 0) {
+      size_t n = length < GMAC_SLICE_BYTES ? length : GMAC_SLICE_BYTES;
+      int written = 0;
+      if (EVP_EncryptUpdate(g->ctx, NULL, &written, data, (int)n) != 1) {
+        throw_openssl(env, "EVP_EncryptUpdate(aad)");
+        goto done;
+      }
+      data += n;
+      length -= n;
+    }
+  }
+  uint8_t final_out[GMAC_TAG_BYTES];
+  int final_length = 0;
+  if (EVP_EncryptFinal_ex(g->ctx, final_out, &final_length) != 1) {
+    throw_openssl(env, "EVP_EncryptFinal_ex");
+    goto done;
+  }
+  if (EVP_CIPHER_CTX_ctrl(g->ctx, EVP_CTRL_GCM_GET_TAG, GMAC_TAG_BYTES, (void *)tag_out) != 1) {
+    throw_openssl(env, "EVP_CTRL_GCM_GET_TAG");
+    goto done;
+  }
+  result = argv[2];
+done:
+  if (pieces != on_stack) free(pieces);
+  return result;
+}
+
+/* gmac.free(): releases the OpenSSL context now rather than at garbage collection; later mac() calls throw */
+static napi_value js_gmac_free(napi_env env, napi_callback_info info) {
+  napi_value self;
+  size_t argc = 0;
+  if (napi_get_cb_info(env, info, &argc, NULL, &self, NULL) != napi_ok) return NULL;
+  gmac_t *g = gmac_this(env, self);
+  if (g == NULL) return NULL;
+  gmac_free_ctx(g);
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"fallocate", NULL, js_fallocate, NULL, NULL, NULL, napi_default, NULL},
@@ -131,6 +376,14 @@ static napi_value init(napi_env env, napi_value exports) {
     {"flock", NULL, js_flock, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  napi_property_descriptor gmac_props[] = {
+    {"mac", NULL, js_gmac_mac, NULL, NULL, NULL, napi_default, NULL},
+    {"free", NULL, js_gmac_free, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_value gmac_class;
+  napi_define_class(env, "Gmac", NAPI_AUTO_LENGTH, js_gmac_new, NULL,
+                    sizeof gmac_props / sizeof gmac_props[0], gmac_props, &gmac_class);
+  napi_set_named_property(env, exports, "Gmac", gmac_class);
   napi_value c;
 #define CONST(name, value) napi_create_int32(env, value, &c); napi_set_named_property(env, exports, name, c)
   CONST("FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE);

@@ -1,4 +1,5 @@
 // The compiled helper for syscalls Node.js lacks (see src/native/tandem_native.c).
+// The same addon also computes the sync link's frame MAC: src/protocol/sync/gmac.ts.
 import path from 'node:path';
 
 export interface Native {

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { createCipheriv, randomBytes } from 'node:crypto';
 import { test } from 'node:test';
 import fc from 'fast-check';
 import '../helpers/fc-seed';
@@ -375,6 +376,38 @@ test('golden GMAC tags (computed independently with Python cryptography AESGCM: 
   // AUTH_OK has no payload: the MAC covers the header alone
   assert.equal(encodeFrame({ type: M.AUTH_OK }, 3n, KEY).subarray(FRAME_HEADER_BYTES).toString('hex'), '95c2ba3c2f0027ec8badb88a290084d0');
   assert.equal(frameMac(KEY, seq, [header, payload]).length, syncLimits.macBytes);
+});
+
+test('an encoder and a decoder holding a session key MAC exactly as createCipheriv(aes-256-gcm) does', () => {
+  const nodeMac = (key: Buffer, seq: bigint, body: Buffer): Buffer => {
+    const iv = Buffer.alloc(12);
+    iv.writeBigUInt64BE(seq, 4);
+    const gcm = createCipheriv('aes-256-gcm', key, iv);
+    gcm.setAAD(body);
+    gcm.final();
+    return gcm.getAuthTag();
+  };
+  fc.assert(fc.property(fc.array(arbMessage, { minLength: 1, maxLength: 8 }), fc.bigInt({ min: 1n, max: 2n ** 64n - 9n }), fc.boolean(),
+    (messages, first, viaAuthenticate) => {
+      const key = randomBytes(32);
+      const e = viaAuthenticate ? new FrameEncoder({ nextSeq: first }) : new FrameEncoder({ key, nextSeq: first });
+      if (viaAuthenticate) e.authenticate(key);
+      const frames = messages.map((m) => e.encode(m));
+      frames.forEach((f, i) => {
+        const end = f.length - syncLimits.macBytes;
+        assert.deepEqual(f.subarray(end), nodeMac(key, first + BigInt(i), f.subarray(0, end)));
+      });
+      // the decoder, fed frames MACed by Node, accepts them all and refuses one MACed under another key
+      const got: SyncMessage[] = [];
+      const d = new FrameDecoder((f) => got.push(f.message), viaAuthenticate ? { nextSeq: first } : { key, nextSeq: first });
+      if (viaAuthenticate) d.authenticate(key);
+      d.push(Buffer.concat(frames));
+      assert.deepEqual(got, messages);
+      const other = Buffer.from(frames[0] as Buffer);
+      const end = other.length - syncLimits.macBytes;
+      nodeMac(randomBytes(32), first, other.subarray(0, end)).copy(other, end);
+      assert.equal(code(decodeAt(other, first, key).error), 'ERR_SYNC_MAC');
+    }), { numRuns: 200 });
 });
 
 test('the MAC over pieces (one setAAD per piece) equals the MAC over their concatenation, however the bytes are split', () => {
