@@ -72,6 +72,18 @@ export async function fioOnce(uri: string, args: string[], timeoutMs: number): P
   return parseFioJson(r.stdout);
 }
 
+/**
+ * Writes the whole export once, sequentially, and flushes: the state of a volume in use, every
+ * block allocated in the backing file(s). A time-based write job on a fresh sparse file otherwise
+ * measures first writes (block allocation, new page cache) for as long as it stays in its first
+ * pass, and a faster server leaves that pass sooner: the two sides of a ratio would not measure
+ * the same thing.
+ */
+export async function precondition(uri: string, size: number): Promise<void> {
+  const r = await fioOnce(uri, ['--rw=write', '--bs=1M', '--iodepth=8', `--size=${size}`, '--end_fsync=1'], 900_000);
+  if (r.write.total_ios * MiB < size) throw new Error(`preconditioning wrote ${r.write.total_ios} MiB of ${size / MiB}`);
+}
+
 function fioJob(id: string, label: string, unit: Unit, target: number, filled: boolean, args: string[]): Job {
   const metric: Metric = { id, label, unit, target };
   const side = args.some((a) => /^--rw=(rand)?read$/.test(a)) ? 'read' : 'write';

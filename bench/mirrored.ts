@@ -25,7 +25,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { BenchCluster, inSync, type Both, type NodeName, type VolumeStatus } from './cluster';
-import { extraJobs, fioOnce, jobById, latencyKey, type BenchConfig, type Job, type Unit } from './jobs';
+import { extraJobs, fioOnce, jobById, latencyKey, precondition, type BenchConfig, type Job, type Unit } from './jobs';
 import { execOk } from './procs';
 import type { Target } from './table';
 
@@ -101,6 +101,9 @@ export async function measureMirrored(job: Job, cfg: MirroredConfig, work: strin
     const tag = `${job.id}-r${round + 1}`;
     await Promise.all([cluster.alpha.start(cfg.nodeArgs('alpha', tag)), cluster.beta.start(cfg.nodeArgs('beta', tag))]);
     await cluster.waitFor(inSync, 'the initial sync (alpha PRIM, beta SECOND)', initialSyncTimeoutMs, 100);
+    // every block written once, as on the single side (jobs.ts precondition)
+    await precondition(cluster.uri, backing.size);
+    await cluster.waitFor(inSync, 'alpha PRIM and beta SECOND after preconditioning', initialSyncTimeoutMs, 100);
     const start = lap();
     let values: Record<string, number>;
     try {
@@ -115,7 +118,7 @@ export async function measureMirrored(job: Job, cfg: MirroredConfig, work: strin
       throw new Error(`the mirror did not hold during ${job.id}: alpha ${after.alpha?.state ?? 'down'}, beta ${after.beta?.state ?? 'down'}\n${cluster.logs(10)}`);
     }
     await cluster.stopAll();
-    return { values, phases: `sync ${prep} s, start+initial sync ${start} s, run ${run} s, stop ${lap()} s` };
+    return { values, phases: `sync ${prep} s, start+initial sync+precondition ${start} s, run ${run} s, stop ${lap()} s` };
   } finally {
     await cluster.destroy();
   }
@@ -127,11 +130,15 @@ export interface ResyncSample {
   refS: number;
   /** full initial resync, checksumResync false: beta spawn to SECOND */
   fullS: number;
+  /** the same resync as alpha timed it: its start (after the meeting) to beta's RESYNC_DONE */
+  fullResyncS: number;
   fullSentBytes: number;
   /** the same with checksumResync true */
   checksumS: number;
+  checksumResyncS: number;
   /** bitmap resync after 1 % was written while beta was down */
   incrS: number;
+  incrResyncS: number;
   incrSentBytes: number;
   incrTotalBytes: number;
   incrWrittenBytes: number;
@@ -183,9 +190,15 @@ async function compareCopies(c: BenchCluster, what: string): Promise<void> {
   if (r instanceof Error) throw new Error(`after the ${what}, alpha's and beta's copies differ: ${r.message.split('\n').slice(1, 3).join(' ')}`);
 }
 
+/** How long the resync itself ran, by alpha's lastResync: from its start after the meeting to beta's RESYNC_DONE. */
+function resyncSpan(t: Timed): number {
+  const l = t.alpha.lastResync as NonNullable<VolumeStatus['lastResync']>;
+  return (Date.parse(l.finishedAt ?? '') - Date.parse(l.startedAt)) / 1000;
+}
+
 function describe(what: string, t: Timed, size: number): string {
   const l = t.alpha.lastResync as NonNullable<VolumeStatus['lastResync']>;
-  const span = (Date.parse(l.finishedAt ?? '') - Date.parse(l.startedAt)) / 1000;
+  const span = resyncSpan(t);
   return `${what}: ${t.s.toFixed(2)} s spawn to SECOND (${(size / MiB / t.s).toFixed(0)} MiB/s of volume; beta ready after ${t.readyS.toFixed(2)} s, `
     + `alpha's resync ${span.toFixed(2)} s); lastResync ${l.mode} total ${(l.totalBytes / MiB).toFixed(1)} MiB, sent ${(l.sentBytes / MiB).toFixed(1)} MiB, `
     + `zero ${(l.zeroBytes / MiB).toFixed(1)} MiB, skipped ${(l.skippedBytes / MiB).toFixed(1)} MiB`
@@ -259,8 +272,8 @@ export async function measureResync(cfg: MirroredConfig, work: string, round: nu
     const fullLast = full.alpha.lastResync as NonNullable<VolumeStatus['lastResync']>;
     const incrLast = incr.alpha.lastResync as NonNullable<VolumeStatus['lastResync']>;
     return {
-      refS, fullS: full.s, fullSentBytes: fullLast.sentBytes, checksumS: sum.s,
-      incrS: incr.s, incrSentBytes: incrLast.sentBytes, incrTotalBytes: incrLast.totalBytes, incrWrittenBytes: written, notes,
+      refS, fullS: full.s, fullResyncS: resyncSpan(full), fullSentBytes: fullLast.sentBytes, checksumS: sum.s, checksumResyncS: resyncSpan(sum),
+      incrS: incr.s, incrResyncS: resyncSpan(incr), incrSentBytes: incrLast.sentBytes, incrTotalBytes: incrLast.totalBytes, incrWrittenBytes: written, notes,
     };
   } catch (e) {
     throw new Error(`${(e as Error).message}${(e as Error).message.includes('--- alpha log ---') ? '' : `\n${c.logs(10)}`}`);

@@ -18,7 +18,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { postgresBinDir as pgBinDir } from '../src/app/postgresql';
 import { formatSize, parseSize } from '../src/util/size';
-import { fillFile, jobs, type BenchConfig, type Job } from './jobs';
+import { fillFile, jobs, precondition, type BenchConfig, type Job } from './jobs';
 import { failoverId, measureFailover } from './failover';
 import { measureMirrored, measureResync, mirroredFioJobs, mirroredIds, resyncId, type MirroredConfig, type ResyncSample } from './mirrored';
 import { describeResult, measurePgbench, pgbenchId, pgbenchPort, pgbenchRows, pgbenchSides, type PgbenchResult, type PgbenchSide } from './pgbench';
@@ -39,7 +39,7 @@ const usage = `usage: node dist/bench/run.js [--size SIZE] [--copy-size SIZE] [-
                                 [--pgbench-seconds S] [--pgbench-clients N] [--pgbench-scale N]
   --size         backing file size for the fio jobs, single and mirrored (default 2G)
   --copy-size    nbdcopy source file and export size (default 1G)
-  --resync-size  volume size of the resync measurements (default 2G)
+  --resync-size  volume size of the resync measurements (default 4G, as the specification's figure)
   --failover-runs  kill -9 failovers to time (default 10; measured once, not per round)
   --pgbench-seconds  pgbench -T of each measured run (default 20)
   --pgbench-clients  pgbench -c (default 4; -j is 2, or 1 for one client)
@@ -91,7 +91,7 @@ function parseOptions(argv: string[]): Options | 'help' {
       options: {
         size: { type: 'string', default: '2G' },
         'copy-size': { type: 'string', default: '1G' },
-        'resync-size': { type: 'string', default: '2G' },
+        'resync-size': { type: 'string', default: '4G' },
         'failover-runs': { type: 'string', default: '10' },
         'cpu-prof': { type: 'string' },
         'pgbench-seconds': { type: 'string', default: '20' },
@@ -182,7 +182,7 @@ interface Failure { round: number; job: string; server: string; error: string }
 /** One job against one server on a fresh backing file; the server is stopped and the file removed whatever happens. */
 interface Measured { values: Record<string, number>; phases: string }
 
-async function measure(job: Job, kind: ServerKind, cfg: BenchConfig, work: string, round: number): Promise<Measured> {
+async function measure(job: Job, kind: ServerKind, cfg: BenchConfig, work: string, round: number, preconditioned = false): Promise<Measured> {
   const file = path.join(work, `${kind}-${job.id}-r${round}.img`);
   const backing = job.backing(cfg);
   let mark = process.hrtime.bigint();
@@ -198,6 +198,7 @@ async function measure(job: Job, kind: ServerKind, cfg: BenchConfig, work: strin
     await execOk('sync', [], 300_000);
     const prep = lap();
     const server = await startServer(kind, file, backing.kind === 'sparse' ? backing.size : undefined);
+    if (preconditioned) await precondition(server.uri, backing.size);
     const start = lap();
     let values: Record<string, number>;
     let run = '';
@@ -210,7 +211,7 @@ async function measure(job: Job, kind: ServerKind, cfg: BenchConfig, work: strin
     } finally {
       await server.stop();
     }
-    return { values, phases: `prep+sync ${prep} s, start ${start} s, run ${run} s, stop ${lap()} s` };
+    return { values, phases: `prep+sync ${prep} s, start${preconditioned ? '+precondition' : ''} ${start} s, run ${run} s, stop ${lap()} s` };
   } finally {
     removeBacking(file);
   }
@@ -239,14 +240,22 @@ function resyncRows(size: number, all: readonly ResyncSample[]): TableRow[] {
   return [
     {
       id: 'resync-full', label: `full resync of ${formatSize(size)} vs cp --sparse=never`, unit: 'MiB/s', target: { op: '>=', value: 0.8 },
+      a: all.map((x) => mibps(x.fullResyncS)), b: all.map((x) => mibps(x.refS)),
+    },
+    {
+      id: 'resync-full-spawn', label: 'the same, beta\'s spawn to SECOND, vs cp', unit: 'MiB/s', target: null,
       a: all.map((x) => mibps(x.fullS)), b: all.map((x) => mibps(x.refS)),
     },
     {
       id: 'resync-full-checksum', label: 'full resync, checksumResync true, vs cp', unit: 'MiB/s', target: null,
-      a: all.map((x) => mibps(x.checksumS)), b: all.map((x) => mibps(x.refS)),
+      a: all.map((x) => mibps(x.checksumResyncS)), b: all.map((x) => mibps(x.refS)),
     },
     {
       id: 'resync-incremental', label: 'incremental (1 % in 64 KiB) vs full resync', unit: 's', target: { op: '<', value: 0.05 },
+      a: all.map((x) => x.incrResyncS), b: all.map((x) => x.fullResyncS),
+    },
+    {
+      id: 'resync-incremental-spawn', label: 'the same, beta\'s spawn to SECOND', unit: 's', target: null,
       a: all.map((x) => x.incrS), b: all.map((x) => x.fullS),
     },
     {
@@ -319,8 +328,6 @@ async function main(argv: string[]): Promise<number> {
     for (let round = 0; round < rounds; round++) {
       const roundStart = elapsedMs();
       const tag = (): string => `[round ${round + 1}/${rounds}]`;
-      // what `tandem serve` gave each job this round, for the mirrored section's single side
-      const singleValues = new Map<string, Record<string, number>>();
       // Take turns per job; swap who goes first each round so neither always runs on a warmer machine.
       const order = round % 2 === 0 ? serverKinds : [...serverKinds].reverse();
       for (const job of selected) {
@@ -333,7 +340,6 @@ async function main(argv: string[]): Promise<number> {
               const v = values[m.id];
               if (v !== undefined && Number.isFinite(v)) samples[m.id]?.[kind].push(v);
             }
-            if (kind === 'tandem') singleValues.set(job.id, values);
             log(`${tag()} ${kind.padEnd(6)} ${shown}  (${((elapsedMs() - js) / 1000).toFixed(1)} s: ${phases})`);
           } catch (e) {
             const error = (e as Error).message;
@@ -348,14 +354,10 @@ async function main(argv: string[]): Promise<number> {
         for (const side of mirroredOrder) {
           const js = elapsedMs();
           try {
-            let values = side === 'single' ? singleValues.get(m.job.id) : undefined;
-            let phases = 'the single-node section\'s run of this round';
-            if (values === undefined) {
-              ({ values, phases } = side === 'mirrored'
-                ? await measureMirrored(m.job, cfg, work, round)
-                : await measure(m.job, 'tandem', cfg, work, round));
-              if (side === 'single') singleValues.set(m.job.id, values);
-            }
+            // both sides on a preconditioned volume (every block written once): not the single-node section's sparse runs
+            const { values, phases } = side === 'mirrored'
+              ? await measureMirrored(m.job, cfg, work, round)
+              : await measure(m.job, 'tandem', cfg, work, round, true);
             const v = values[m.key];
             if (v === undefined || !Number.isFinite(v)) throw new Error(`${m.job.id} gave no ${m.key}`);
             mirroredSamples[m.id]?.[side].push(v);
@@ -474,7 +476,8 @@ async function main(argv: string[]): Promise<number> {
     const t = renderTable({ a: 'tandem', b: 'reference', ratio: 'tandem/ref', spread: 'spread t/r' }, resyncRows(opts.resyncSize, resyncSamples));
     resyncRendered = t.rows;
     allRendered.push(...t.rows);
-    process.stdout.write(`\nresync of a ${formatSize(opts.resyncSize)} volume from beta's spawn to SECOND; MiB/s ratios = reference time / resync time; `
+    process.stdout.write(`\nresync of a ${formatSize(opts.resyncSize)} volume, timed by alpha from the resync's start to beta's RESYNC_DONE `
+      + '(the "spawn to SECOND" rows add the node\'s start and the wait for alpha\'s next dial); MiB/s ratios = reference time / resync time; '
       + 'reference: cp --sparse=never + sync --data\n'
       + `${t.text}\n`);
   }
