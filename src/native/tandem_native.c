@@ -1,8 +1,9 @@
 /*
  * The few Linux file syscalls Node.js does not expose and the volume store
  * needs: fallocate (punch hole, zero range), lseek with SEEK_DATA / SEEK_HOLE
- * (extents), and the size of a block device. Each call is synchronous: they
- * are metadata operations that do not wait for data to move.
+ * (extents), the size of a block device, and memory aligned for O_DIRECT.
+ * Each call is synchronous - metadata operations that do not wait for data to
+ * move - but pwriteStaged, which writes data and runs on libuv's thread pool.
  *
  * And the sync link's frame MAC (GMAC: AES-256-GCM with an empty plaintext),
  * computed with the OpenSSL that Node.js itself links and exports. Node's
@@ -21,6 +22,7 @@
 #include <stdlib.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
@@ -44,6 +46,8 @@ static napi_value throw_errno(napi_env env, const char *syscall, int err) {
     case EFBIG: name = "EFBIG"; break;
     case EROFS: name = "EROFS"; break;
     case EWOULDBLOCK: name = "EWOULDBLOCK"; break;
+    case ENOMEM: name = "ENOMEM"; break;
+    case ECANCELED: name = "ECANCELED"; break;
     default: break;
   }
   napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code);
@@ -368,12 +372,128 @@ static napi_value js_gmac_free(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+static void free_aligned(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  free(data);
+}
+
+/* alignedBuffer(bytes, alignment): uninitialised memory starting at a multiple of alignment (a power of two),
+ * as O_DIRECT I/O needs; freed when the Buffer is collected */
+static napi_value js_aligned_buffer(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int64_t bytes, alignment;
+  if (!get_args(env, info, 2, argv)) return NULL;
+  if (!get_i64(env, argv[0], &bytes) || !get_i64(env, argv[1], &alignment)) return NULL;
+  if (bytes < 1 || alignment < (int64_t)sizeof(void *) || (alignment & (alignment - 1)) != 0) return throw_errno(env, "alignedBuffer", EINVAL);
+  void *p = NULL;
+  int err = posix_memalign(&p, (size_t)alignment, (size_t)bytes);
+  if (err != 0) return throw_errno(env, "posix_memalign", err);
+  napi_value out;
+  if (napi_create_external_buffer(env, (size_t)bytes, p, free_aligned, NULL, &out) != napi_ok) {
+    free(p);
+    napi_throw_error(env, "ERR_NATIVE", "cannot wrap aligned memory in a Buffer");
+    return NULL;
+  }
+  return out;
+}
+
+/* One pwriteStaged() call, run on libuv's thread pool. */
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref src_ref;
+  napi_ref stage_ref;
+  int fd;
+  const uint8_t *src;
+  uint8_t *stage;
+  size_t length;
+  int64_t offset;
+  int err;
+} staged_write;
+
+static void staged_write_run(napi_env env, void *data) {
+  (void)env;
+  staged_write *w = data;
+  memcpy(w->stage, w->src, w->length);
+  size_t done = 0;
+  while (done < w->length) {
+    ssize_t n = pwrite(w->fd, w->stage + done, w->length - done, w->offset + (int64_t)done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      w->err = errno;
+      return;
+    }
+    if (n == 0) {
+      w->err = EIO;
+      return;
+    }
+    done += (size_t)n;
+  }
+}
+
+static void staged_write_done(napi_env env, napi_status status, void *data) {
+  staged_write *w = data;
+  napi_delete_reference(env, w->src_ref);
+  napi_delete_reference(env, w->stage_ref);
+  napi_delete_async_work(env, w->work);
+  napi_value result;
+  if (status == napi_ok && w->err == 0) {
+    napi_get_undefined(env, &result);
+    napi_resolve_deferred(env, w->deferred, result);
+  } else {
+    int err = status == napi_ok ? w->err : ECANCELED;
+    /* throw_errno builds the error and throws it; take it back to reject with it */
+    throw_errno(env, "pwrite", err);
+    napi_get_and_clear_last_exception(env, &result);
+    napi_reject_deferred(env, w->deferred, result);
+  }
+  free(w);
+}
+
+/* pwriteStaged(fd, src, stage, offset): copies src into the start of stage, then writes it at offset,
+ * all on the thread pool: a descriptor opened with O_DIRECT needs aligned memory (stage, from alignedBuffer),
+ * and the copy into it need not hold the event loop. Resolves once every byte is written. */
+static napi_value js_pwrite_staged(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  int64_t fd, offset;
+  void *src, *stage;
+  size_t src_len, stage_len;
+  if (!get_args(env, info, 4, argv)) return NULL;
+  if (!get_i64(env, argv[0], &fd) || !get_i64(env, argv[3], &offset)) return NULL;
+  if (napi_get_buffer_info(env, argv[1], &src, &src_len) != napi_ok || napi_get_buffer_info(env, argv[2], &stage, &stage_len) != napi_ok) {
+    napi_throw_type_error(env, "ERR_ARGS", "src and stage must be Buffers");
+    return NULL;
+  }
+  if (src_len > stage_len) {
+    napi_throw_range_error(env, "ERR_RANGE", "src is larger than stage");
+    return NULL;
+  }
+  staged_write *w = calloc(1, sizeof *w);
+  if (w == NULL) return throw_errno(env, "pwriteStaged", ENOMEM);
+  w->fd = (int)fd;
+  w->src = src;
+  w->stage = stage;
+  w->length = src_len;
+  w->offset = offset;
+  napi_value promise, name;
+  napi_create_promise(env, &w->deferred, &promise);
+  napi_create_reference(env, argv[1], 1, &w->src_ref);
+  napi_create_reference(env, argv[2], 1, &w->stage_ref);
+  napi_create_string_utf8(env, "tandem.pwriteStaged", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, staged_write_run, staged_write_done, w, &w->work);
+  napi_queue_async_work(env, w->work);
+  return promise;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"fallocate", NULL, js_fallocate, NULL, NULL, NULL, napi_default, NULL},
     {"lseek", NULL, js_lseek, NULL, NULL, NULL, napi_default, NULL},
     {"blockDeviceSize", NULL, js_block_device_size, NULL, NULL, NULL, napi_default, NULL},
     {"flock", NULL, js_flock, NULL, NULL, NULL, napi_default, NULL},
+    {"alignedBuffer", NULL, js_aligned_buffer, NULL, NULL, NULL, napi_default, NULL},
+    {"pwriteStaged", NULL, js_pwrite_staged, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   napi_property_descriptor gmac_props[] = {

@@ -6,10 +6,19 @@ export const replicationLimits = {
   recycledFrameBytesMax: 64 * 1024 * 1024,
   /** bytes of peer writes and resync data a node applies at once; above it the sync link stops being read */
   applyBytesMax: 256 * 1024 * 1024,
-  /** one resync request (whole regions) */
-  resyncChunkBytes: 1024 * 1024,
-  /** resync requests a target keeps outstanding */
+  /**
+   * one resync request (whole regions). Large, because every request costs a lock, an extents
+   * lookup, a thread-pool read and write and a frame's MAC setup on top of its bytes
+   */
+  resyncChunkBytes: 4 * 1024 * 1024,
+  /** resync requests a target keeps outstanding (many small ones when the dirty regions are scattered) */
   resyncWindow: 16,
+  /** bytes those requests may ask for at once: what a resync holds in memory on each side */
+  resyncWindowBytes: 32 * 1024 * 1024,
+  /** read buffers a resync source keeps for reuse, in bytes (those of one window) */
+  resyncPoolBytesMax: 32 * 1024 * 1024,
+  /** resync data writes a target has under way at once; the rest of the window waits in memory */
+  resyncWritesMax: 2,
   /** the block a resync or verify hash covers */
   hashBlockBytes: 4096,
   /** one verify request */

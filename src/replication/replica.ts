@@ -4,7 +4,7 @@
 // marked in the bitmap (under an active activity-log extent, so the mark is on
 // disk before the write is acknowledged) after the generations have recorded
 // that this copy moved on alone. See docs/mirroring.md.
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import {
   decideSync, DEFAULT_SPLIT_BRAIN_POLICY, onBecomePrimaryWhileDisconnected, onConnectedInSync, onPeerLost,
   onResyncDone, onResyncStart, operatorResolve, resolveSplitBrain, resyncAfterDiscard,
@@ -25,6 +25,7 @@ import type { Logger } from '../util/log';
 import { replicationLimits } from './limits';
 import type { PeerResult, PeerSession } from './peer-session';
 import { RangeLocks } from './range-locks';
+import { forEachPiece, readFast, sha256 } from './read-fast';
 import { ResyncTarget, type ResyncProgress } from './resync-target';
 
 import type { CacheMode, Connection, ResyncStatus, Role, VolumeCounters, VolumeState, VolumeStatus } from './status';
@@ -152,6 +153,9 @@ export class Replica {
   private error: string | undefined;
   private discardMyData = false;
   private incomingBitmap: Buffer | undefined;
+  /** serveResync's read buffers, kept for reuse while this node is a resync source */
+  private readonly resyncBuffers: Buffer[] = [];
+  private resyncBufferBytes = 0;
   private readonly verifyPending = new Map<bigint, (m: Extract<SyncMessage, { type: 37 }>) => void>();
   private metaDirty = false;
   /** why client writes fail now (the cluster's decision), if they do */
@@ -586,6 +590,8 @@ export class Replica {
     if (this.resyncSource !== undefined) {
       this.last = { direction: 'to-peer', mode: this.resyncSource.mode, ...this.resyncSource.progress };
       this.resyncSource = undefined;
+      this.resyncBuffers.length = 0;
+      this.resyncBufferBytes = 0;
     }
     this.incomingBitmap = undefined;
     this.awaitingResync = false;
@@ -998,6 +1004,8 @@ export class Replica {
     src.progress.etaSeconds = 0;
     this.last = { direction: 'to-peer', mode: src.mode, ...src.progress };
     this.resyncSource = undefined;
+    this.resyncBuffers.length = 0;
+    this.resyncBufferBytes = 0;
     this.peerView = this.peerView === undefined ? undefined : { ...this.peerView, side: { ...this.peerView.side, diskState: 'UpToDate' } };
     this.log.info('resync done: the peer is UpToDate', { volume: this.name, ...summary(this.last) });
   }
@@ -1067,33 +1075,40 @@ export class Replica {
       return;
     }
     const release = await this.locks.acquire(offset, length);
+    const whole = this.takeResyncBuffer(length);
+    const buf = whole.subarray(0, length);
+    // the buffer is reused once this request is served and the link has written every piece sent from it
+    let holders = 1;
+    const letGo = (): void => {
+      if (--holders === 0) this.giveResyncBuffer(whole);
+    };
     try {
-      const buf = Buffer.allocUnsafe(length);
-      const sendRun = (at: number, len: number): void => {
-        const data = buf.subarray(at - offset, at - offset + len);
-        if (isZero(data)) {
+      const sendRun = (at: number, len: number, zero: boolean): void => {
+        if (zero) {
           this.send({ type: SyncMessageType.RESYNC_ZERO, volumeId: this.wireId, requestId, offset: at, length: len });
           this.counters.resyncZeroBytes += len;
           if (src !== undefined) src.progress.zeroBytes += len;
         } else {
-          this.send({ type: SyncMessageType.RESYNC_DATA, volumeId: this.wireId, requestId, offset: at, data });
+          const data = buf.subarray(at - offset, at - offset + len);
+          holders++;
+          if (this.session?.link.send({ type: SyncMessageType.RESYNC_DATA, volumeId: this.wireId, requestId, offset: at, data }, letGo) !== true) holders--;
           this.counters.resyncBytes += len;
           if (src !== undefined) src.progress.sentBytes += len;
         }
       };
-      await this.readFast(buf, offset);
       if (hashes === undefined) {
-        // zero and data pieces, so holes travel as commands
-        const piece = replicationLimits.hashBlockBytes * 16;
+        // zero and data pieces, so holes travel as commands; a piece wholly in a hole is neither filled nor compared
+        const holes = await readFast(this.backend, buf, offset, false);
         let runStart = offset;
-        let runZero = isZero(buf.subarray(0, Math.min(piece, length)));
-        for (let at = offset; at < offset + length; at += piece) {
-          const len = Math.min(piece, offset + length - at);
-          const z = isZero(buf.subarray(at - offset, at - offset + len));
-          if (z !== runZero) { sendRun(runStart, at - runStart); runStart = at; runZero = z; }
-        }
-        sendRun(runStart, offset + length - runStart);
+        let runZero: boolean | undefined;
+        forEachPiece(buf, holes, replicationLimits.hashBlockBytes * 16, (start, end, known) => {
+          const z = known || isZero(buf.subarray(start, end));
+          if (runZero === undefined) runZero = z;
+          else if (z !== runZero) { sendRun(runStart, offset + start - runStart, runZero); runStart = offset + start; runZero = z; }
+        });
+        sendRun(runStart, offset + length - runStart, runZero ?? true);
       } else {
+        await readFast(this.backend, buf, offset);
         const bits = Buffer.alloc(Math.ceil(hashes.hashes.length / 8));
         let runStart = -1;
         const bs = hashes.blockSize;
@@ -1105,7 +1120,7 @@ export class Replica {
             bits[i >> 3] = (bits[i >> 3] as number) | (1 << (i & 7));
             if (runStart < 0) runStart = at;
           } else {
-            if (runStart >= 0) { sendRun(runStart, at - runStart); runStart = -1; }
+            if (runStart >= 0) { sendRun(runStart, at - runStart, isZero(buf.subarray(runStart - offset, at - offset))); runStart = -1; }
             if (i < hashes.hashes.length) {
               this.counters.resyncSkippedBytes += len;
               if (src !== undefined) src.progress.skippedBytes += len;
@@ -1123,21 +1138,29 @@ export class Replica {
       this.session?.link.close(`serving resync of ${this.name} failed: ${String(e)}`);
     } finally {
       release();
+      letGo();
     }
   }
 
-  private async readFast(buf: Buffer, offset: number): Promise<void> {
-    // holes read as zeros without touching the disk
-    const ext = await this.backend.extents(offset, buf.length, 1024);
-    let covered = offset;
-    for (const e of ext) {
-      if (e.offset !== covered) break;
-      const into = buf.subarray(e.offset - offset, e.offset - offset + e.length);
-      if (e.hole || e.zero) into.fill(0);
-      else await this.backend.read(into, e.offset);
-      covered = e.offset + e.length;
+  /**
+   * A read buffer of at least `length` bytes for serveResync. Fresh memory costs page faults
+   * and, in Buffers, garbage collections: a resync reads the whole volume, so it reuses the
+   * buffers of whole chunks. Smaller requests (scattered dirty regions) get what they need.
+   */
+  private takeResyncBuffer(length: number): Buffer {
+    const b = this.resyncBuffers.pop();
+    if (b !== undefined) {
+      this.resyncBufferBytes -= b.length;
+      if (b.length >= length) return b;
     }
-    if (covered < offset + buf.length) await this.backend.read(buf.subarray(covered - offset), covered);
+    return Buffer.allocUnsafe(length);
+  }
+
+  private giveResyncBuffer(b: Buffer): void {
+    if (this.resyncSource === undefined || b.length < replicationLimits.resyncChunkBytes) return;
+    if (this.resyncBufferBytes + b.length > replicationLimits.resyncPoolBytesMax) return;
+    this.resyncBuffers.push(b);
+    this.resyncBufferBytes += b.length;
   }
 
   private async answerVerify(m: Extract<SyncMessage, { type: 36 }>): Promise<void> {
@@ -1148,7 +1171,7 @@ export class Replica {
     const release = await this.locks.acquire(m.offset, m.length);
     try {
       const buf = Buffer.allocUnsafe(m.length);
-      await this.readFast(buf, m.offset);
+      await readFast(this.backend, buf, m.offset);
       const bits = Buffer.alloc(Math.ceil(m.hashes.length / 8));
       m.hashes.forEach((h, i) => {
         const at = i * m.blockSize;
@@ -1183,7 +1206,7 @@ export class Replica {
       let reply: Promise<Extract<SyncMessage, { type: 37 }>>;
       try {
         const buf = Buffer.allocUnsafe(length);
-        await this.readFast(buf, offset);
+        await readFast(this.backend, buf, offset);
         const hashes: Buffer[] = [];
         for (let at = 0; at < length; at += bs) hashes.push(sha256(buf.subarray(at, Math.min(at + bs, length))));
         const id = session.newId();
@@ -1216,7 +1239,7 @@ export class Replica {
       const release = await this.locks.acquire(at, len);
       try {
         const buf = Buffer.allocUnsafe(len);
-        await this.readFast(buf, at);
+        await readFast(this.backend, buf, at);
         const session = this.session;
         const r = session === undefined ? 'lost' : await (async () => {
           const id = session.newId();
@@ -1346,10 +1369,6 @@ function isZero(b: Buffer): boolean {
   return true;
 }
 const ZERO_PAGE = Buffer.alloc(64 * 1024);
-
-export function sha256(b: Buffer): Buffer {
-  return createHash('sha256').update(b).digest();
-}
 
 export function freshProgress(totalBytes: number): ResyncProgress {
   return {

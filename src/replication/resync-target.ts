@@ -4,12 +4,12 @@
 // A region's bit is cleared only once its new data is written, and the bitmap
 // reaches the disk only after a data flush, so a crash or a reconnect resumes
 // from what is left rather than from zero.
-import { createHash } from 'node:crypto';
 import type { DirtyBitmap } from '../core/dirty-bitmap';
 import { SyncHashFlags, SyncMessageType, type SyncMessage } from '../protocol/sync/messages';
 import type { Backend } from '../storage/backend';
 import type { Logger } from '../util/log';
 import { replicationLimits } from './limits';
+import { forEachPiece, readFast, sha256, zeroHash } from './read-fast';
 import type { PeerSession } from './peer-session';
 import type { RangeLocks } from './range-locks';
 import type { ResyncStatus } from './status';
@@ -49,12 +49,17 @@ export class ResyncTarget {
   private readonly busy = new Set<number>();
   private cursor = 0;
   private requestedBytes = 0;
+  /** bytes of the requests in `pending` */
+  private outstandingBytes = 0;
   private stopped = false;
   private done = false;
   private pumping = false;
   private checkpointing = false;
   private lastCheckpoint = Date.now();
   private rateTimer: NodeJS.Timeout | undefined;
+  /** data writes to the store under way; more wait in `writeWaiters`, in arrival order */
+  private writing = 0;
+  private readonly writeWaiters: Array<() => void> = [];
 
   constructor(private readonly o: ResyncTargetOptions) {
     this.mode = o.mode;
@@ -81,6 +86,7 @@ export class ResyncTarget {
     this.stopped = true;
     if (this.rateTimer !== undefined) clearTimeout(this.rateTimer);
     this.pending.clear();
+    this.outstandingBytes = 0;
     this.busy.clear();
     this.o.log.warn('resync interrupted: it resumes from the regions left', { reason, leftBytes: this.o.bitmap.dirtyBytes });
   }
@@ -98,7 +104,8 @@ export class ResyncTarget {
     if (this.pumping) return;
     this.pumping = true;
     try {
-      while (!this.stopped && this.pending.size < replicationLimits.resyncWindow) {
+      while (!this.stopped && this.pending.size < replicationLimits.resyncWindow
+        && (this.outstandingBytes === 0 || this.outstandingBytes + replicationLimits.resyncChunkBytes <= replicationLimits.resyncWindowBytes)) {
         const wait = this.rateWaitMs();
         if (wait > 0) {
           this.rateTimer ??= setTimeout(() => { this.rateTimer = undefined; void this.pump(); }, wait);
@@ -143,6 +150,7 @@ export class ResyncTarget {
     const session = this.o.session;
     const id = session.newId();
     this.requestedBytes += length;
+    this.outstandingBytes += length;
     if (!this.o.checksums) {
       this.pending.set(id, { offset, length, covered: 0, writes: [], hashed: false });
       session.link.send({ type: SyncMessageType.RESYNC_REQUEST, volumeId: this.o.wireId, requestId: id, offset, length });
@@ -154,9 +162,11 @@ export class ResyncTarget {
     let hashes: Buffer[];
     try {
       const buf = Buffer.allocUnsafe(length);
-      await this.o.backend.read(buf, offset);
-      hashes = [];
-      for (let at = 0; at < length; at += bs) hashes.push(createHash('sha256').update(buf.subarray(at, Math.min(at + bs, length))).digest());
+      // blocks in holes (all of them, on a copy that starts empty) are neither read nor hashed
+      const holes = await readFast(this.o.backend, buf, offset, false);
+      const out: Buffer[] = [];
+      forEachPiece(buf, holes, bs, (start, end, known) => out.push(known ? zeroHash(end - start) : sha256(buf.subarray(start, end))));
+      hashes = out;
     } finally {
       release();
     }
@@ -180,7 +190,15 @@ export class ResyncTarget {
       const release = await lock;
       try {
         if (m.type === SyncMessageType.RESYNC_DATA) {
-          await this.o.backend.write(m.data, m.offset);
+          await this.writeSlot();
+          try {
+            const b = this.o.backend;
+            await (b.writeUncached !== undefined ? b.writeUncached(m.data, m.offset) : b.write(m.data, m.offset));
+          } finally {
+            this.writeDone();
+          }
+          // written: the frame's memory may carry a later one (only after a write that settled well)
+          this.o.session.link.recycle(m.data);
           this.p.sentBytes += length;
           this.o.counters.resyncBytes += length;
         } else {
@@ -194,6 +212,25 @@ export class ResyncTarget {
     })());
     req.covered += length;
     if (!req.hashed && req.covered === req.length) void this.complete(m.requestId, req);
+  }
+
+  /**
+   * A turn to write. A few large writes at a time keep the disk busy; more would only queue in
+   * the thread pool ahead of the checkpoint's flush, and contend for the file's lock in the kernel.
+   */
+  private async writeSlot(): Promise<void> {
+    if (this.writing < replicationLimits.resyncWritesMax) {
+      this.writing++;
+      return;
+    }
+    // writeDone() hands its turn over without giving it back
+    await new Promise<void>((resolve) => this.writeWaiters.push(resolve));
+  }
+
+  private writeDone(): void {
+    const next = this.writeWaiters.shift();
+    if (next !== undefined) next();
+    else this.writing--;
   }
 
   /** true if the reply belonged to this resync */
@@ -218,6 +255,7 @@ export class ResyncTarget {
     }
     if (this.stopped || this.pending.get(id) !== req) return;
     this.pending.delete(id);
+    this.outstandingBytes -= req.length;
     this.o.bitmap.clear(req.offset, req.length);
     const b = this.o.bitmap;
     for (let r = Math.floor(req.offset / b.regionBytes); r * b.regionBytes < req.offset + req.length; r++) this.busy.delete(r);

@@ -2,6 +2,7 @@
 // in-memory pair in tests): the handshake, framing with per-frame MACs, and a
 // keepalive. Messages go out in the order send() is called.
 import { randomBytes } from 'node:crypto';
+import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { SyncAuth, type AuthDone, type SyncRole } from '../protocol/sync/auth';
 import { SyncProtocolError } from '../protocol/sync/errors';
@@ -102,9 +103,12 @@ export class SyncLink {
   private readonly frames = new BufferPool(replicationLimits.recycledFrameBytesMax);
   bytesSent = 0;
   bytesReceived = 0;
+  /** a socket's writes copy the data out of the buffers given to it */
+  private readonly copiesOnWrite: boolean;
 
   constructor(private readonly stream: Duplex, private readonly o: SyncLinkOptions, done: AuthDone) {
     this.peerName = done.peerName;
+    this.copiesOnWrite = stream instanceof Socket;
     this.encoder = new FrameEncoder({ key: done.sessionKeys.send, nextSeq: done.sendSeq });
     this.decoder = new FrameDecoder((f) => this.onFrame(f), {
       key: done.sessionKeys.receive, nextSeq: done.receiveSeq, allocate: (n) => this.frames.take(n),
@@ -134,8 +138,14 @@ export class SyncLink {
     else this.closeHandlers.push(f);
   }
 
-  /** Queues a message; false when the link is closed (the message is dropped). */
-  send(m: SyncMessage): boolean {
+  /**
+   * Queues a message; false when the link is closed (the message is dropped). `written` runs once
+   * nothing holds the message's buffers any more - a socket has copied them into the kernel, or a
+   * failed link dropped them - so the caller may reuse the data it sent. It never runs when send()
+   * returns false, nor on a stream that hands buffers on by reference (the in-memory pairs of tests):
+   * such buffers belong to the reader.
+   */
+  send(m: SyncMessage, written?: () => void): boolean {
     if (this.closedReason !== undefined) return false;
     const parts = this.encoder.encodeParts(m);
     const s = this.stream;
@@ -145,7 +155,13 @@ export class SyncLink {
       s.cork();
       process.nextTick(() => { this.corked = false; s.uncork(); });
     }
-    for (const p of parts) { s.write(p); this.bytesSent += p.length; }
+    const last = parts.length - 1;
+    parts.forEach((p, i) => {
+      // a stream calls back its writes in order, so the last one's callback covers them all
+      if (i === last && written !== undefined && this.copiesOnWrite) s.write(p, () => written());
+      else s.write(p);
+      this.bytesSent += p.length;
+    });
     return true;
   }
 

@@ -34,6 +34,12 @@ export interface Backend {
   /** fills buf from offset; the range is inside the store */
   read(buf: Buffer, offset: number): Promise<void>;
   write(buf: Buffer, offset: number): Promise<void>;
+  /**
+   * write() for bulk data this node will not read back soon (a resync's copy): where the store
+   * can, the data goes around the page cache, which it would otherwise fill and evict for nothing.
+   * Durable, like write(), only after flush(); every read sees it once the returned promise resolves.
+   */
+  writeUncached?(buf: Buffer, offset: number): Promise<void>;
   /** makes every completed write durable */
   flush(): Promise<void>;
   trim(offset: number, length: number): Promise<void>;

@@ -4,6 +4,12 @@
 // page cache the hop to libuv's thread pool costs more than the copy itself
 // (DESIGN.md, performance notes). Larger ones go through the thread pool so
 // one big request cannot hold the event loop for long.
+//
+// Bulk data nobody here reads back soon (a resync target's copy) can go
+// around the page cache through a second descriptor opened with O_DIRECT:
+// filling the cache with a whole volume costs CPU (allocating and copying
+// every page), evicts what is worth caching, and leaves it all dirty for the
+// next flush.
 import fs from 'node:fs';
 import { promisify } from 'node:util';
 import { StoreError, type Backend, type StoreExtent, type ZeroOptions } from './backend';
@@ -20,7 +26,16 @@ export interface FileBackendOptions {
   readonly blockDevice: boolean;
   /** requests up to this size use synchronous I/O */
   readonly syncIoBytesMax: number;
+  /** the same backing opened with O_DIRECT, for writeUncached(); the backend closes it */
+  readonly directFd?: number | undefined;
 }
+
+/** O_DIRECT wants memory, offset and length aligned to the device's logical block: 4 KiB covers the usual ones */
+const DIRECT_ALIGN_BYTES = 4096;
+/** an uncached write is copied to aligned memory and written in steps of at most this */
+const DIRECT_STAGE_BYTES = 4 * 1024 * 1024;
+/** aligned staging buffers kept for reuse (the callers bound how many uncached writes run at once) */
+const DIRECT_STAGES_KEPT = 4;
 
 /** zero-filled source for writing zeroes where fallocate cannot */
 const ZERO_CHUNK_BYTES = 1024 * 1024;
@@ -46,6 +61,9 @@ export class FileBackend implements Backend {
   private punchHoleWorks = true;
   private zeroRangeWorks = true;
   private seekDataWorks = true;
+  private readonly directFd: number | undefined;
+  private directWorks = true;
+  private readonly directStages: Buffer[] = [];
   private closed = false;
 
   constructor(o: FileBackendOptions) {
@@ -53,6 +71,7 @@ export class FileBackend implements Backend {
     this.size = o.size;
     this.readOnly = o.readOnly;
     this.syncIoBytesMax = o.syncIoBytesMax;
+    this.directFd = o.directFd;
     this.canTrim = !o.readOnly;
     this.canFastZero = !o.readOnly;
     this.canExtents = true;
@@ -94,6 +113,28 @@ export class FileBackend implements Backend {
       }
     } catch (e) {
       throw storeError(e, `write ${buf.length} bytes at ${offset}`);
+    }
+  }
+
+  async writeUncached(buf: Buffer, offset: number): Promise<void> {
+    const fd = this.directWorks ? this.directFd : undefined;
+    // a small write costs little in the cache, done at once, where O_DIRECT would wait for the disk
+    const aligned = offset % DIRECT_ALIGN_BYTES === 0 && buf.length % DIRECT_ALIGN_BYTES === 0;
+    if (fd === undefined || buf.length <= this.syncIoBytesMax || !aligned) return this.write(buf, offset);
+    const stage = this.directStages.pop() ?? native.alignedBuffer(DIRECT_STAGE_BYTES, DIRECT_ALIGN_BYTES);
+    try {
+      for (let done = 0; done < buf.length; done += DIRECT_STAGE_BYTES) {
+        await native.pwriteStaged(fd, buf.subarray(done, done + DIRECT_STAGE_BYTES), stage, offset + done);
+      }
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw storeError(e, `write ${buf.length} bytes at ${offset}`);
+      // the backing takes O_DIRECT at open but not these writes (it wants a larger alignment): through the
+      // cache from now on. The descriptor stays open until close(): other writes may still be using it.
+      this.directWorks = false;
+      this.directStages.length = 0;
+      return this.write(buf, offset);
+    } finally {
+      if (this.directWorks && this.directStages.length < DIRECT_STAGES_KEPT) this.directStages.push(stage);
     }
   }
 
@@ -189,6 +230,8 @@ export class FileBackend implements Backend {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.directStages.length = 0;
+    if (this.directFd !== undefined) fs.closeSync(this.directFd);
     fs.closeSync(this.fd);
   }
 }

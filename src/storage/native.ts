@@ -9,6 +9,10 @@ export interface Native {
   blockDeviceSize(fd: number): number;
   /** non-blocking flock; throws EWOULDBLOCK when another open file description holds it */
   flock(fd: number, exclusive: 0 | 1): void;
+  /** uninitialised memory starting at a multiple of alignment (a power of two), for O_DIRECT */
+  alignedBuffer(bytes: number, alignment: number): Buffer;
+  /** copies src into the start of stage and writes it at offset, both on the thread pool (stage at least as long as src) */
+  pwriteStaged(fd: number, src: Buffer, stage: Buffer, offset: number): Promise<void>;
   readonly FALLOC_FL_KEEP_SIZE: number;
   readonly FALLOC_FL_PUNCH_HOLE: number;
   readonly FALLOC_FL_ZERO_RANGE: number;

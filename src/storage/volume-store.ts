@@ -135,6 +135,19 @@ export interface OpenOptions {
   readonly adopt?: boolean;
 }
 
+/**
+ * The open backing once more, with O_DIRECT, for writes that should not go through the page cache;
+ * undefined where the file system refuses O_DIRECT (tmpfs, some FUSE): those writes then use the cache.
+ * Reopened through /proc so it is the very file `fd` is, whatever happened to its path since.
+ */
+function openDirect(fd: number): number | undefined {
+  try {
+    return fs.openSync(`/proc/self/fd/${fd}`, fs.constants.O_WRONLY | fs.constants.O_DIRECT);
+  } catch {
+    return undefined;
+  }
+}
+
 /** Opens a volume, checking the backing against its metadata. */
 export function openVolume(loc: VolumeLocation, o: OpenOptions = {}): Volume {
   const metaPath = defaultMetaPath(loc);
@@ -178,6 +191,7 @@ export function openVolume(loc: VolumeLocation, o: OpenOptions = {}): Volume {
     const backend = new FileBackend({
       fd, size: meta.size, readOnly, blockDevice: kind === 'device',
       syncIoBytesMax: o.syncIoBytesMax ?? volumeDefaults.syncIoBytesMax,
+      directFd: readOnly ? undefined : openDirect(fd),
     });
     return { meta, backend, backingPath: loc.backingPath, metaPath };
   } catch (e) {

@@ -24,7 +24,7 @@ let pairs = 0;
 
 interface Pair { readonly a: MemNode; readonly b: MemNode }
 
-type PairOptions = Partial<Pick<MemNodeOptions, 'cacheMode' | 'checksumResync' | 'prepare'>> & {
+type PairOptions = Partial<Pick<MemNodeOptions, 'cacheMode' | 'checksumResync' | 'prepare' | 'resyncRate'>> & {
   readonly size: number;
   /** each node's fencing policy over writes its peer lacks; none: a node always goes on alone */
   readonly alonePolicies?: { readonly alpha: AlonePolicy; readonly beta: AlonePolicy };
@@ -38,6 +38,7 @@ async function makePair(t: TestContext, o: PairOptions): Promise<Pair> {
     cluster, dir, size: o.size,
     ...(o.cacheMode === undefined ? {} : { cacheMode: o.cacheMode }),
     ...(o.checksumResync === undefined ? {} : { checksumResync: o.checksumResync }),
+    ...(o.resyncRate === undefined ? {} : { resyncRate: o.resyncRate }),
     verbose: process.env.TANDEM_TEST_VERBOSE === '1',
   };
   const policy = (n: 'alpha' | 'beta'): { alonePolicy?: AlonePolicy } => (o.alonePolicies === undefined ? {} : { alonePolicy: o.alonePolicies[n] });
@@ -145,6 +146,43 @@ test('initial full sync: the secondary ends UpToDate, byte-identical, with the s
   const data = pieces.reduce((s, x) => s + x.length, 0);
   assert.ok((rb?.sentBytes ?? 0) >= data, `sentBytes ${rb?.sentBytes} covers the ${data} bytes of data`);
   assert.ok((rb?.sentBytes ?? 0) < size / 4, `sentBytes ${rb?.sentBytes}: holes do not travel as data`);
+});
+
+test('a full sync cut part-way resumes from the regions left, with client writes meanwhile; the copies end identical', { timeout: 40_000 }, async (t) => {
+  // not a whole number of resync requests, with a hole in the middle
+  const size = 40 * MiB + 3 * 4096;
+  const hole = { offset: 16 * MiB, length: 8 * MiB };
+  const p = await makePair(t, {
+    // slow enough to cut it part-way
+    size, resyncRate: 16 * MiB,
+    prepare: (file) => {
+      const fd = fs.openSync(file, 'r+');
+      try {
+        fs.writeSync(fd, pattern(200, hole.offset), 0, hole.offset, 0);
+        const rest = size - hole.offset - hole.length;
+        fs.writeSync(fd, pattern(201, rest), 0, rest, hole.offset + hole.length);
+      } finally {
+        fs.closeSync(fd);
+      }
+    },
+  });
+  const { a, b } = p;
+  const link = await connect(a, b);
+  await waitFor(() => (b.replica.status().resync?.doneBytes ?? 0) >= 8 * MiB, 'a part of the resync', 10_000, () => states(p));
+  // client writes flow to the target during the resync: into regions copied already and into regions not yet
+  const ea = a.replica.backendForExport();
+  await ea.write(pattern(202, MiB + 100), 2 * MiB + 3);
+  await ea.write(pattern(203, 3 * MiB), 34 * MiB);
+  link.cut();
+  await waitFor(() => a.link === undefined && b.link === undefined, 'both detached', 2000);
+  const left = b.replica.status().outOfSyncBytes;
+  assert.ok(left > 0 && left < size, `${left} of ${size} bytes left to copy`);
+  assert.equal(b.replica.diskState, 'Inconsistent', 'an interrupted target stays Inconsistent');
+  await connect(a, b);
+  await waitInSync(p, 30_000);
+  assertSameFiles(p, 'after the resumed sync');
+  const rb = lastResync(b);
+  assert.ok(rb !== null && rb.totalBytes < size, `the second run copied ${rb?.totalBytes} bytes, not the whole volume`);
 });
 
 // ---------------------------------------------------------------- 2. mirrored writes
