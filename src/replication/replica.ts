@@ -19,6 +19,7 @@ import { NO_GENERATION, type DiskState, type Generations, type VolumeMetadata } 
 import type { Backend, StoreExtent, ZeroOptions } from '../storage/backend';
 import type { ChangeTracking } from '../storage/change-tracking';
 import { writeMetadata, type Volume } from '../storage/volume-store';
+import { BufferPool } from '../io/buffer-pool';
 import { ByteBudget } from '../util/byte-budget';
 import { CodedError } from '../util/coded-error';
 import type { Logger } from '../util/log';
@@ -86,6 +87,11 @@ export interface VerifyResult {
   resentBytes: number;
 }
 
+/**
+ * A resync reads the whole volume: fresh memory per chunk costs page faults and collections, so
+ * whole chunks are reused; smaller requests (scattered dirty regions) get exactly what they need.
+ */
+const resyncBufferPool = (): BufferPool => new BufferPool(replicationLimits.resyncPoolBytesMax, replicationLimits.resyncChunkBytes);
 const genToWire = (g: string): bigint => BigInt(`0x${g}`);
 const genFromWire = (v: bigint): string => v.toString(16).padStart(16, '0');
 const newGenerationId = (): string => {
@@ -153,9 +159,8 @@ export class Replica {
   private error: string | undefined;
   private discardMyData = false;
   private incomingBitmap: Buffer | undefined;
-  /** serveResync's read buffers, kept for reuse while this node is a resync source */
-  private readonly resyncBuffers: Buffer[] = [];
-  private resyncBufferBytes = 0;
+  /** serveResync's read buffers of whole chunks, kept for reuse while this node is a resync source */
+  private resyncBuffers = resyncBufferPool();
   private readonly verifyPending = new Map<bigint, (m: Extract<SyncMessage, { type: 37 }>) => void>();
   private metaDirty = false;
   /** why client writes fail now (the cluster's decision), if they do */
@@ -590,8 +595,7 @@ export class Replica {
     if (this.resyncSource !== undefined) {
       this.last = { direction: 'to-peer', mode: this.resyncSource.mode, ...this.resyncSource.progress };
       this.resyncSource = undefined;
-      this.resyncBuffers.length = 0;
-      this.resyncBufferBytes = 0;
+      this.resyncBuffers = resyncBufferPool();
     }
     this.incomingBitmap = undefined;
     this.awaitingResync = false;
@@ -1004,8 +1008,7 @@ export class Replica {
     src.progress.etaSeconds = 0;
     this.last = { direction: 'to-peer', mode: src.mode, ...src.progress };
     this.resyncSource = undefined;
-    this.resyncBuffers.length = 0;
-    this.resyncBufferBytes = 0;
+    this.resyncBuffers = resyncBufferPool();
     this.peerView = this.peerView === undefined ? undefined : { ...this.peerView, side: { ...this.peerView.side, diskState: 'UpToDate' } };
     this.log.info('resync done: the peer is UpToDate', { volume: this.name, ...summary(this.last) });
   }
@@ -1075,12 +1078,13 @@ export class Replica {
       return;
     }
     const release = await this.locks.acquire(offset, length);
-    const whole = this.takeResyncBuffer(length);
+    const whole = this.resyncBuffers.take(length);
     const buf = whole.subarray(0, length);
     // the buffer is reused once this request is served and the link has written every piece sent from it
     let holders = 1;
     const letGo = (): void => {
-      if (--holders === 0) this.giveResyncBuffer(whole);
+      // a pool replaced since (the resync ended) refuses it: its memory goes with the garbage
+      if (--holders === 0) this.resyncBuffers.give(whole);
     };
     try {
       const sendRun = (at: number, len: number, zero: boolean): void => {
@@ -1140,27 +1144,6 @@ export class Replica {
       release();
       letGo();
     }
-  }
-
-  /**
-   * A read buffer of at least `length` bytes for serveResync. Fresh memory costs page faults
-   * and, in Buffers, garbage collections: a resync reads the whole volume, so it reuses the
-   * buffers of whole chunks. Smaller requests (scattered dirty regions) get what they need.
-   */
-  private takeResyncBuffer(length: number): Buffer {
-    const b = this.resyncBuffers.pop();
-    if (b !== undefined) {
-      this.resyncBufferBytes -= b.length;
-      if (b.length >= length) return b;
-    }
-    return Buffer.allocUnsafe(length);
-  }
-
-  private giveResyncBuffer(b: Buffer): void {
-    if (this.resyncSource === undefined || b.length < replicationLimits.resyncChunkBytes) return;
-    if (this.resyncBufferBytes + b.length > replicationLimits.resyncPoolBytesMax) return;
-    this.resyncBuffers.push(b);
-    this.resyncBufferBytes += b.length;
   }
 
   private async answerVerify(m: Extract<SyncMessage, { type: 36 }>): Promise<void> {
