@@ -13,6 +13,11 @@ export const replicationLimits = {
   resyncChunkBytes: 4 * 1024 * 1024,
   /** resync requests a target keeps outstanding (many small ones when the dirty regions are scattered) */
   resyncWindow: 16,
+  /**
+   * once the window is full, requests go out again only when this many have been answered: each
+   * sync-link write wakes the source, and scattered regions asked for one by one cost a write each
+   */
+  resyncRequestBatch: 8,
   /** bytes those requests may ask for at once: what a resync holds in memory on each side */
   resyncWindowBytes: 32 * 1024 * 1024,
   /** read buffers a resync source keeps for reuse, in bytes (those of one window) */

@@ -260,7 +260,8 @@ export class ResyncTarget {
     const b = this.o.bitmap;
     for (let r = Math.floor(req.offset / b.regionBytes); r * b.regionBytes < req.offset + req.length; r++) this.busy.delete(r);
     this.p.doneBytes = Math.min(this.p.totalBytes, this.p.doneBytes + req.length);
-    void this.pump();
+    // a window full of small requests (scattered regions) refills a batch at a time; large ones, bound by bytes, stay under it
+    if (this.pending.size <= replicationLimits.resyncWindow - replicationLimits.resyncRequestBatch) void this.pump();
   }
 
   private maybeFinish(): void {

@@ -315,6 +315,45 @@ test('peer lost during a write burst: every write settles, the bitmap covers the
   assert.deepEqual(b.replica.generations.current, a.replica.generations.current);
 });
 
+test('a bitmap resync of many scattered regions: at most a window of requests out, every region moved once, the copies identical', { timeout: 30_000 }, async (t) => {
+  const size = 64 * MiB;
+  const p = await makePair(t, { size });
+  const { a, b } = p;
+  const first = await connect(a, b);
+  await waitInSync(p);
+  first.cut();
+  await waitFor(() => a.replica.state === 'ALONE', 'alpha ALONE', 5000, () => states(p));
+  // one small write in each of many regions apart from each other: one request per region
+  const region = a.tracking.bitmap.regionBytes;
+  const regions = Math.min(a.tracking.bitmap.regionCount / 2, replicationLimits.resyncWindow * 6 + 3);
+  const exp = a.replica.backendForExport();
+  for (let i = 0; i < regions; i++) await exp.write(pattern(7000 + i, 4 * KiB), 2 * i * region + 512);
+  assert.equal(a.tracking.bitmap.dirtyRegions, regions);
+
+  const link = await connect(a, b);
+  let requested = 0;
+  let answered = 0;
+  let outstandingMax = 0;
+  const bSend = link.b.send.bind(link.b);
+  link.b.send = (m, written) => {
+    if (m.type === SyncMessageType.RESYNC_REQUEST) outstandingMax = Math.max(outstandingMax, ++requested - answered);
+    return bSend(m, written);
+  };
+  const aSend = link.a.send.bind(link.a);
+  link.a.send = (m, written) => {
+    if (m.type === SyncMessageType.RESYNC_DATA || m.type === SyncMessageType.RESYNC_ZERO) answered++;
+    return aSend(m, written);
+  };
+  await waitInSync(p);
+  assertSameFiles(p, 'after resyncing scattered regions');
+  const r = lastResync(a);
+  assert.equal(r?.mode, 'bitmap');
+  assert.equal(requested, regions, 'one request per scattered region, none asked twice');
+  assert.equal(r?.sentBytes, regions * region, 'each dirty region crossed once');
+  assert.ok(outstandingMax <= replicationLimits.resyncWindow, `${outstandingMax} requests out at once, the window is ${replicationLimits.resyncWindow}`);
+  t.diagnostic(`${regions} regions, at most ${outstandingMax} requests out`);
+});
+
 // ---------------------------------------------------------------- 4. split brain
 
 const splitBrainCases = [
