@@ -24,6 +24,8 @@ export const replicationLimits = {
   resyncPoolBytesMax: 32 * 1024 * 1024,
   /** resync data writes a target has under way at once; the rest of the window waits in memory */
   resyncWritesMax: 2,
+  /** resync data a target writes through the page cache before it starts a flush in the background */
+  resyncWritebackBytes: 8 * 1024 * 1024,
   /** the block a resync or verify hash covers */
   hashBlockBytes: 4096,
   /** one verify request */

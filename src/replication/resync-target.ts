@@ -60,6 +60,9 @@ export class ResyncTarget {
   /** data writes to the store under way; more wait in `writeWaiters`, in arrival order */
   private writing = 0;
   private readonly writeWaiters: Array<() => void> = [];
+  /** bytes written through the page cache since the last background flush started */
+  private cachedBytes = 0;
+  private writingBack = false;
 
   constructor(private readonly o: ResyncTargetOptions) {
     this.mode = o.mode;
@@ -191,12 +194,14 @@ export class ResyncTarget {
       try {
         if (m.type === SyncMessageType.RESYNC_DATA) {
           await this.writeSlot();
+          let cached: boolean;
           try {
             const b = this.o.backend;
-            await (b.writeUncached !== undefined ? b.writeUncached(m.data, m.offset) : b.write(m.data, m.offset));
+            cached = b.writeUncached !== undefined ? !(await b.writeUncached(m.data, m.offset)) : (await b.write(m.data, m.offset), true);
           } finally {
             this.writeDone();
           }
+          if (cached) this.wroteCached(length);
           // written: the frame's memory may carry a later one (only after a write that settled well)
           this.o.session.link.recycle(m.data);
           this.p.sentBytes += length;
@@ -231,6 +236,21 @@ export class ResyncTarget {
     const next = this.writeWaiters.shift();
     if (next !== undefined) next();
     else this.writing--;
+  }
+
+  /**
+   * Data written through the page cache waits there for the next flush; scattered regions (an
+   * incremental resync) leave tens of megabytes that the flush at the end would write while
+   * everything waits. A flush started in the background every so often writes them as they come.
+   */
+  private wroteCached(bytes: number): void {
+    this.cachedBytes += bytes;
+    if (this.cachedBytes < replicationLimits.resyncWritebackBytes || this.writingBack || this.stopped) return;
+    this.cachedBytes = 0;
+    this.writingBack = true;
+    // an error here comes back from the checkpoint's or the final flush, which decide what it costs
+    this.o.backend.flush().catch((e: unknown) => this.o.log.warn('background flush of resync data failed', { error: String(e) }))
+      .finally(() => { this.writingBack = false; });
   }
 
   /** true if the reply belonged to this resync */

@@ -38,8 +38,10 @@ export interface Backend {
    * write() for bulk data this node will not read back soon (a resync's copy): where the store
    * can, the data goes around the page cache, which it would otherwise fill and evict for nothing.
    * Durable, like write(), only after flush(); every read sees it once the returned promise resolves.
+   * Resolves true when the data went around the cache, false when it went through it (small or
+   * unaligned writes, or a store that refuses the bypass) and waits there for a flush.
    */
-  writeUncached?(buf: Buffer, offset: number): Promise<void>;
+  writeUncached?(buf: Buffer, offset: number): Promise<boolean>;
   /** makes every completed write durable */
   flush(): Promise<void>;
   trim(offset: number, length: number): Promise<void>;

@@ -116,23 +116,28 @@ export class FileBackend implements Backend {
     }
   }
 
-  async writeUncached(buf: Buffer, offset: number): Promise<void> {
+  async writeUncached(buf: Buffer, offset: number): Promise<boolean> {
     const fd = this.directWorks ? this.directFd : undefined;
     // a small write costs little in the cache, done at once, where O_DIRECT would wait for the disk
     const aligned = offset % DIRECT_ALIGN_BYTES === 0 && buf.length % DIRECT_ALIGN_BYTES === 0;
-    if (fd === undefined || buf.length <= this.syncIoBytesMax || !aligned) return this.write(buf, offset);
+    if (fd === undefined || buf.length <= this.syncIoBytesMax || !aligned) {
+      await this.write(buf, offset);
+      return false;
+    }
     const stage = this.directStages.pop() ?? native.alignedBuffer(DIRECT_STAGE_BYTES, DIRECT_ALIGN_BYTES);
     try {
       for (let done = 0; done < buf.length; done += DIRECT_STAGE_BYTES) {
         await native.pwriteStaged(fd, buf.subarray(done, done + DIRECT_STAGE_BYTES), stage, offset + done);
       }
+      return true;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw storeError(e, `write ${buf.length} bytes at ${offset}`);
       // the backing takes O_DIRECT at open but not these writes (it wants a larger alignment): through the
       // cache from now on. The descriptor stays open until close(): other writes may still be using it.
       this.directWorks = false;
       this.directStages.length = 0;
-      return this.write(buf, offset);
+      await this.write(buf, offset);
+      return false;
     } finally {
       if (this.directWorks && this.directStages.length < DIRECT_STAGES_KEPT) this.directStages.push(stage);
     }

@@ -315,7 +315,7 @@ test('peer lost during a write burst: every write settles, the bitmap covers the
   assert.deepEqual(b.replica.generations.current, a.replica.generations.current);
 });
 
-test('a bitmap resync of many scattered regions: at most a window of requests out, every region moved once, the copies identical', { timeout: 30_000 }, async (t) => {
+test('a bitmap resync of many scattered regions: at most a window of requests out, every region moved once, written back as it goes, the copies identical', { timeout: 30_000 }, async (t) => {
   const size = 64 * MiB;
   const p = await makePair(t, { size });
   const { a, b } = p;
@@ -325,7 +325,7 @@ test('a bitmap resync of many scattered regions: at most a window of requests ou
   await waitFor(() => a.replica.state === 'ALONE', 'alpha ALONE', 5000, () => states(p));
   // one small write in each of many regions apart from each other: one request per region
   const region = a.tracking.bitmap.regionBytes;
-  const regions = Math.min(a.tracking.bitmap.regionCount / 2, replicationLimits.resyncWindow * 6 + 3);
+  const regions = Math.min(a.tracking.bitmap.regionCount / 2, Math.ceil((replicationLimits.resyncWritebackBytes * 1.5) / region));
   const exp = a.replica.backendForExport();
   for (let i = 0; i < regions; i++) await exp.write(pattern(7000 + i, 4 * KiB), 2 * i * region + 512);
   assert.equal(a.tracking.bitmap.dirtyRegions, regions);
@@ -339,6 +339,14 @@ test('a bitmap resync of many scattered regions: at most a window of requests ou
     if (m.type === SyncMessageType.RESYNC_REQUEST) outstandingMax = Math.max(outstandingMax, ++requested - answered);
     return bSend(m, written);
   };
+  // the target's page cache is written back while the resync runs, not all at its end
+  let flushesDuringResync = 0;
+  const store = b.volume.backend;
+  const flush = store.flush.bind(store);
+  store.flush = () => {
+    if (b.replica.status().resync !== null && b.tracking.bitmap.dirtyRegions > 0) flushesDuringResync++;
+    return flush();
+  };
   const aSend = link.a.send.bind(link.a);
   link.a.send = (m, written) => {
     if (m.type === SyncMessageType.RESYNC_DATA || m.type === SyncMessageType.RESYNC_ZERO) answered++;
@@ -351,7 +359,9 @@ test('a bitmap resync of many scattered regions: at most a window of requests ou
   assert.equal(requested, regions, 'one request per scattered region, none asked twice');
   assert.equal(r?.sentBytes, regions * region, 'each dirty region crossed once');
   assert.ok(outstandingMax <= replicationLimits.resyncWindow, `${outstandingMax} requests out at once, the window is ${replicationLimits.resyncWindow}`);
-  t.diagnostic(`${regions} regions, at most ${outstandingMax} requests out`);
+  assert.ok(requested > replicationLimits.resyncWindow * 2, `${requested} requests: more than the window holds`);
+  assert.ok(flushesDuringResync >= 1, 'a background flush started while the resync moved its data');
+  t.diagnostic(`${regions} regions, at most ${outstandingMax} requests out, ${flushesDuringResync} flushes under way`);
 });
 
 // ---------------------------------------------------------------- 4. split brain

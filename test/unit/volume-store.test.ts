@@ -115,15 +115,15 @@ test('store: an uncached write reads back as written, over what the cache held, 
     // cached first, so a write around the cache must not leave the old pages visible
     await b.write(pattern(1 << 20, 1), 1 << 20);
     assert.deepEqual(await readBack(1 << 20, 1 << 20), pattern(1 << 20, 1));
-    await b.writeUncached(pattern(1 << 20, 2), 1 << 20);
+    assert.equal(await b.writeUncached(pattern(1 << 20, 2), 1 << 20), true, 'a large aligned write goes around the cache');
     assert.deepEqual(await readBack(1 << 20, 1 << 20), pattern(1 << 20, 2));
     // larger than one aligned staging buffer
-    await b.writeUncached(pattern(6 << 20, 3), 8 << 20);
+    assert.equal(await b.writeUncached(pattern(6 << 20, 3), 8 << 20), true);
     assert.deepEqual(await readBack(8 << 20, 6 << 20), pattern(6 << 20, 3));
     // small, and unaligned: through the cache
-    await b.writeUncached(pattern(4096, 4), 4 << 20);
+    assert.equal(await b.writeUncached(pattern(4096, 4), 4 << 20), false, 'a small write goes through the cache');
     assert.deepEqual(await readBack(4 << 20, 4096), pattern(4096, 4));
-    await b.writeUncached(pattern(70000, 5), (5 << 20) + 512);
+    assert.equal(await b.writeUncached(pattern(70000, 5), (5 << 20) + 512), false, 'an unaligned write goes through the cache');
     assert.deepEqual(await readBack((5 << 20) + 512, 70000), pattern(70000, 5));
     await b.flush();
     const file = fs.readFileSync(l.backingPath);
