@@ -3,7 +3,8 @@
  * needs: fallocate (punch hole, zero range), lseek with SEEK_DATA / SEEK_HOLE
  * (extents), the size of a block device, and memory aligned for O_DIRECT.
  * Each call is synchronous - metadata operations that do not wait for data to
- * move - but pwriteStaged, which writes data and runs on libuv's thread pool.
+ * move - but pwriteStaged and pwritePieces, which write data and run on
+ * libuv's thread pool.
  *
  * And the sync link's frame MAC (GMAC: AES-256-GCM with an empty plaintext),
  * computed with the OpenSSL that Node.js itself links and exports. Node's
@@ -398,16 +399,17 @@ static napi_value js_aligned_buffer(napi_env env, napi_callback_info info) {
   return out;
 }
 
-/* One pwriteStaged() call, run on libuv's thread pool. */
+/* One pwriteStaged() or pwritePieces() call, run on libuv's thread pool. */
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
   napi_ref src_ref;
-  napi_ref stage_ref;
+  napi_ref stage_ref; /* NULL for pwritePieces */
   int fd;
   const uint8_t *src;
-  uint8_t *stage;
+  uint8_t *stage; /* NULL: write from src */
   size_t length;
+  size_t piece; /* bytes per pwrite() call at most */
   int64_t offset;
   int err;
 } staged_write;
@@ -415,10 +417,15 @@ typedef struct {
 static void staged_write_run(napi_env env, void *data) {
   (void)env;
   staged_write *w = data;
-  memcpy(w->stage, w->src, w->length);
+  const uint8_t *from = w->src;
+  if (w->stage != NULL) {
+    memcpy(w->stage, w->src, w->length);
+    from = w->stage;
+  }
   size_t done = 0;
   while (done < w->length) {
-    ssize_t n = pwrite(w->fd, w->stage + done, w->length - done, w->offset + (int64_t)done);
+    size_t want = w->length - done < w->piece ? w->length - done : w->piece;
+    ssize_t n = pwrite(w->fd, from + done, want, w->offset + (int64_t)done);
     if (n < 0) {
       if (errno == EINTR) continue;
       w->err = errno;
@@ -435,7 +442,7 @@ static void staged_write_run(napi_env env, void *data) {
 static void staged_write_done(napi_env env, napi_status status, void *data) {
   staged_write *w = data;
   napi_delete_reference(env, w->src_ref);
-  napi_delete_reference(env, w->stage_ref);
+  if (w->stage_ref != NULL) napi_delete_reference(env, w->stage_ref);
   napi_delete_async_work(env, w->work);
   napi_value result;
   if (status == napi_ok && w->err == 0) {
@@ -475,12 +482,47 @@ static napi_value js_pwrite_staged(napi_env env, napi_callback_info info) {
   w->src = src;
   w->stage = stage;
   w->length = src_len;
+  w->piece = src_len > 0 ? src_len : 1;
   w->offset = offset;
   napi_value promise, name;
   napi_create_promise(env, &w->deferred, &promise);
   napi_create_reference(env, argv[1], 1, &w->src_ref);
   napi_create_reference(env, argv[2], 1, &w->stage_ref);
   napi_create_string_utf8(env, "tandem.pwriteStaged", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, staged_write_run, staged_write_done, w, &w->work);
+  napi_queue_async_work(env, w->work);
+  return promise;
+}
+
+/* pwritePieces(fd, src, offset, piece): writes src at offset with one pwrite() per `piece` bytes, on the
+ * thread pool. The page cache sizes a new folio by the length of the write that creates it; a later small
+ * write into a large folio costs time in proportion to the folio's size (ext4 walks every block of it). */
+static napi_value js_pwrite_pieces(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  int64_t fd, offset, piece;
+  void *src;
+  size_t src_len;
+  if (!get_args(env, info, 4, argv)) return NULL;
+  if (!get_i64(env, argv[0], &fd) || !get_i64(env, argv[2], &offset) || !get_i64(env, argv[3], &piece)) return NULL;
+  if (napi_get_buffer_info(env, argv[1], &src, &src_len) != napi_ok) {
+    napi_throw_type_error(env, "ERR_ARGS", "src must be a Buffer");
+    return NULL;
+  }
+  if (piece < 1) {
+    napi_throw_range_error(env, "ERR_RANGE", "piece must be at least one byte");
+    return NULL;
+  }
+  staged_write *w = calloc(1, sizeof *w);
+  if (w == NULL) return throw_errno(env, "pwritePieces", ENOMEM);
+  w->fd = (int)fd;
+  w->src = src;
+  w->length = src_len;
+  w->piece = (size_t)piece;
+  w->offset = offset;
+  napi_value promise, name;
+  napi_create_promise(env, &w->deferred, &promise);
+  napi_create_reference(env, argv[1], 1, &w->src_ref);
+  napi_create_string_utf8(env, "tandem.pwritePieces", NAPI_AUTO_LENGTH, &name);
   napi_create_async_work(env, NULL, name, staged_write_run, staged_write_done, w, &w->work);
   napi_queue_async_work(env, w->work);
   return promise;
@@ -494,6 +536,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"flock", NULL, js_flock, NULL, NULL, NULL, napi_default, NULL},
     {"alignedBuffer", NULL, js_aligned_buffer, NULL, NULL, NULL, napi_default, NULL},
     {"pwriteStaged", NULL, js_pwrite_staged, NULL, NULL, NULL, napi_default, NULL},
+    {"pwritePieces", NULL, js_pwrite_pieces, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   napi_property_descriptor gmac_props[] = {

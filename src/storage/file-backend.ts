@@ -16,7 +16,6 @@ import { StoreError, type Backend, type StoreExtent, type ZeroOptions } from './
 import { native } from './native';
 
 const readAsync = promisify(fs.read);
-const writeAsync = promisify(fs.write);
 const fdatasyncAsync = promisify(fs.fdatasync);
 
 export interface FileBackendOptions {
@@ -36,6 +35,16 @@ const DIRECT_ALIGN_BYTES = 4096;
 const DIRECT_STAGE_BYTES = 4 * 1024 * 1024;
 /** aligned staging buffers kept for reuse (the callers bound how many uncached writes run at once) */
 const DIRECT_STAGES_KEPT = 4;
+
+/**
+ * Buffered writes go to the file in pieces of at most this. The page cache sizes a new folio by the
+ * write that creates it, and a later small write into a large folio costs in proportion to the
+ * folio's size (ext4 walks each of its blocks). Measured on Linux 6.18, ext4: a 4 KiB random write
+ * into a file laid down in 1 MiB writes cost 13-20 us of system time, against 4 us after 64 KiB
+ * writes; a mirrored 4 KiB QD32 load went from 14k to 24k IOPS. Large-folio allocation also made
+ * 1 MiB writes to fresh pages up to ten times dearer than 64 KiB ones.
+ */
+const WRITE_PIECE_BYTES = 64 * 1024;
 
 /** zero-filled source for writing zeroes where fallocate cannot */
 const ZERO_CHUNK_BYTES = 1024 * 1024;
@@ -104,12 +113,9 @@ export class FileBackend implements Backend {
     let done = 0;
     try {
       if (buf.length <= this.syncIoBytesMax) {
-        while (done < buf.length) done += fs.writeSync(this.fd, buf, done, buf.length - done, offset + done);
+        while (done < buf.length) done += fs.writeSync(this.fd, buf, done, Math.min(WRITE_PIECE_BYTES, buf.length - done), offset + done);
       } else {
-        while (done < buf.length) {
-          const { bytesWritten } = await writeAsync(this.fd, buf, done, buf.length - done, offset + done);
-          done += bytesWritten;
-        }
+        await native.pwritePieces(this.fd, buf, offset, WRITE_PIECE_BYTES);
       }
     } catch (e) {
       throw storeError(e, `write ${buf.length} bytes at ${offset}`);
@@ -181,8 +187,8 @@ export class FileBackend implements Backend {
     for (let done = 0; done < length;) {
       const n = Math.min(ZERO_CHUNK_BYTES, length - done);
       try {
-        const { bytesWritten } = await writeAsync(this.fd, zeroChunk, 0, n, offset + done);
-        done += bytesWritten;
+        await native.pwritePieces(this.fd, zeroChunk.subarray(0, n), offset + done, WRITE_PIECE_BYTES);
+        done += n;
       } catch (e) {
         throw storeError(e, `write zeroes at ${offset + done}`);
       }

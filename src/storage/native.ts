@@ -13,6 +13,8 @@ export interface Native {
   alignedBuffer(bytes: number, alignment: number): Buffer;
   /** copies src into the start of stage and writes it at offset, both on the thread pool (stage at least as long as src) */
   pwriteStaged(fd: number, src: Buffer, stage: Buffer, offset: number): Promise<void>;
+  /** writes src at offset, one pwrite() per `piece` bytes at most, on the thread pool */
+  pwritePieces(fd: number, src: Buffer, offset: number, piece: number): Promise<void>;
   readonly FALLOC_FL_KEEP_SIZE: number;
   readonly FALLOC_FL_PUNCH_HOLE: number;
   readonly FALLOC_FL_ZERO_RANGE: number;

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { decodeMetadata, encodeMetadata } from '../../src/storage/metadata';
+import { native } from '../../src/storage/native';
 import { createVolume, freshMetadata, openVolume, VolumeError } from '../../src/storage/volume-store';
 import { tempDir } from '../helpers/serve-process';
 
@@ -91,6 +92,46 @@ test('store: write, read back, punch, zero and extents agree with the file', asy
     assert.equal(ext[1]?.hole, false, 'NO_HOLE zeroing keeps the range allocated');
   } finally {
     await b.close();
+  }
+});
+
+test('store: writes larger than a piece, on and off the event loop, land whole at any offset and length', async () => {
+  const l = loc();
+  createVolume(l, 8 << 20);
+  const b = openVolume(l, { syncIoBytesMax: 200 * 1024 }).backend;
+  const data = (n: number, seed: number): Buffer => {
+    const m = Buffer.alloc(n);
+    for (let i = 0; i < n; i++) m[i] = (i * 7 + seed * 13 + (i >> 11)) & 0xff;
+    return m;
+  };
+  try {
+    // synchronous (at most syncIoBytesMax) and on the thread pool (larger), neither a multiple of the piece
+    const cases = [{ offset: 12_345, length: 150_001 }, { offset: (1 << 20) + 3, length: (1 << 20) + 4097 }, { offset: 5 << 20, length: 64 * 1024 }];
+    for (const [i, c] of cases.entries()) await b.write(data(c.length, i), c.offset);
+    const file = fs.readFileSync(l.backingPath);
+    for (const [i, c] of cases.entries()) assert.deepEqual(file.subarray(c.offset, c.offset + c.length), data(c.length, i), `write ${c.offset}+${c.length}`);
+    assert.ok(file.subarray(12_345 + 150_001, (1 << 20) + 3).every((x) => x === 0), 'nothing written between the writes');
+  } finally {
+    await b.close();
+  }
+});
+
+test('native pwritePieces: refuses a piece of zero bytes and a source that is not a Buffer; a write error rejects with its errno', async () => {
+  const file = path.join(tmp.dir, 'pieces.bin');
+  const fd = fs.openSync(file, 'w+');
+  try {
+    assert.throws(() => native.pwritePieces(fd, Buffer.alloc(10), 0, 0), { name: 'RangeError' });
+    assert.throws(() => native.pwritePieces(fd, 'text' as unknown as Buffer, 0, 4096), { name: 'TypeError' });
+    await native.pwritePieces(fd, Buffer.from('abcdefghij'), 5, 3);
+    assert.equal(fs.readFileSync(file).subarray(5).toString(), 'abcdefghij');
+  } finally {
+    fs.closeSync(fd);
+  }
+  const ro = fs.openSync(file, 'r');
+  try {
+    await assert.rejects(native.pwritePieces(ro, Buffer.alloc(10), 0, 4), { code: 'EBADF' });
+  } finally {
+    fs.closeSync(ro);
   }
 });
 
