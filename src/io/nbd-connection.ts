@@ -115,19 +115,13 @@ export class NbdConnection implements RequestSink {
 
   private onData(chunk: Buffer): void {
     if (this.finishing) return;
-    if (!this.corked) {
-      // batch every reply produced while handling this chunk into one writev
-      this.corked = true;
-      this.socket.cork();
-      setImmediate(() => { this.corked = false; this.socket.uncork(); });
-    }
     if (this.parser !== undefined) {
       this.parser.push(chunk);
       return;
     }
     for (const step of this.handshake.receive(chunk)) {
       if (step.kind === 'send') {
-        this.socket.write(step.data);
+        this.send(step.data);
       } else if (step.kind === 'close') {
         this.closeReason = step.reason;
         if (!step.soft) this.ctx.log.warn('handshake refused', { peer: this.peer, reason: step.reason });
@@ -304,8 +298,8 @@ export class NbdConnection implements RequestSink {
     this.stats.bytesRead += req.length;
     if (this.closed) { release(); return; }
     if (!n.structuredReplies) {
-      this.socket.write(simpleReply(req, 0));
-      this.socket.write(buf, () => release());
+      this.send(simpleReply(req, 0));
+      this.send(buf, () => release());
       return;
     }
     const holeMap = (req.flags & NBD_CMD_FLAG_DF) === 0 && n.export.canExtents &&
@@ -321,8 +315,8 @@ export class NbdConnection implements RequestSink {
     const end = req.offset + req.length;
     const covered = extents.reduce((s, x) => s + x.length, 0);
     if (extents.length === 0 || (extents.length === 1 && !(extents[0] as { hole: boolean }).hole)) {
-      this.socket.write(offsetDataHeader(req, true, req.offset, req.length));
-      this.socket.write(buf, () => release());
+      this.send(offsetDataHeader(req, true, req.offset, req.length));
+      this.send(buf, () => release());
       return;
     }
     if (covered < req.length) extents.push({ offset: req.offset + covered, length: end - req.offset - covered, hole: false });
@@ -330,11 +324,11 @@ export class NbdConnection implements RequestSink {
       const x = extents[i] as { offset: number; length: number; hole: boolean };
       const last = i === extents.length - 1;
       if (x.hole) {
-        this.socket.write(offsetHoleChunk(req, last, x.offset, x.length), last ? () => release() : undefined);
+        this.send(offsetHoleChunk(req, last, x.offset, x.length), last ? () => release() : undefined);
       } else {
-        this.socket.write(offsetDataHeader(req, last, x.offset, x.length));
+        this.send(offsetDataHeader(req, last, x.offset, x.length));
         const at = x.offset - req.offset;
-        this.socket.write(buf.subarray(at, at + x.length), last ? () => release() : undefined);
+        this.send(buf.subarray(at, at + x.length), last ? () => release() : undefined);
       }
     }
   }
@@ -346,7 +340,7 @@ export class NbdConnection implements RequestSink {
     const reqOne = (req.flags & NBD_CMD_FLAG_REQ_ONE) !== 0;
     try {
       const extents = await (this.backend as Backend).extents(req.offset, length, reqOne ? 1 : limits.blockStatusDescriptorsMax);
-      this.socket.write(blockStatusChunk(req, n.baseAllocationId as number, extents));
+      this.send(blockStatusChunk(req, n.baseAllocationId as number, extents));
     } catch (e) {
       this.failed(req, e);
     }
@@ -355,16 +349,31 @@ export class NbdConnection implements RequestSink {
 
   // ---- replies and bookkeeping ----
 
+  /**
+   * Writes to the client. Everything written in one turn of the event loop leaves in one writev:
+   * the replies to a chunk's requests, and the write replies that one batch of the peer's
+   * acknowledgements releases (at QD32, a syscall per reply was a ninth of the primary's time).
+   */
+  private send(data: Buffer, written?: () => void): void {
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      setImmediate(() => { this.corked = false; this.socket.uncork(); });
+    }
+    if (written === undefined) this.socket.write(data);
+    else this.socket.write(data, () => written());
+  }
+
   private replyOk(req: RequestHeader): void {
     if (this.closed) return;
     const n = this.negotiated as Negotiated;
-    this.socket.write(n.structuredReplies && req.type === NBD_CMD_READ ? noneChunk(req) : simpleReply(req, 0));
+    this.send(n.structuredReplies && req.type === NBD_CMD_READ ? noneChunk(req) : simpleReply(req, 0));
   }
 
   private replyError(req: RequestHeader, errno: number, message: string): void {
     if (this.closed) return;
     const n = this.negotiated as Negotiated;
-    this.socket.write(n.structuredReplies ? errorChunk(req, errno, message) : simpleReply(req, errno));
+    this.send(n.structuredReplies ? errorChunk(req, errno, message) : simpleReply(req, errno));
   }
 
   private finishRequest(cost: number): void {
