@@ -458,6 +458,27 @@ static void staged_write_done(napi_env env, napi_status status, void *data) {
   free(w);
 }
 
+/* Queues a write on the thread pool; src (and stage, when there is one) stay referenced until it is done. */
+static napi_value start_write(napi_env env, const char *syscall, int64_t fd, napi_value src_value, const void *src, size_t length,
+                              napi_value stage_value, uint8_t *stage, size_t piece, int64_t offset) {
+  staged_write *w = calloc(1, sizeof *w);
+  if (w == NULL) return throw_errno(env, syscall, ENOMEM);
+  w->fd = (int)fd;
+  w->src = src;
+  w->stage = stage;
+  w->length = length;
+  w->piece = piece;
+  w->offset = offset;
+  napi_value promise, name;
+  napi_create_promise(env, &w->deferred, &promise);
+  napi_create_reference(env, src_value, 1, &w->src_ref);
+  if (stage_value != NULL) napi_create_reference(env, stage_value, 1, &w->stage_ref);
+  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, staged_write_run, staged_write_done, w, &w->work);
+  napi_queue_async_work(env, w->work);
+  return promise;
+}
+
 /* pwriteStaged(fd, src, stage, offset): copies src into the start of stage, then writes it at offset,
  * all on the thread pool: a descriptor opened with O_DIRECT needs aligned memory (stage, from alignedBuffer),
  * and the copy into it need not hold the event loop. Resolves once every byte is written. */
@@ -476,22 +497,7 @@ static napi_value js_pwrite_staged(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, "ERR_RANGE", "src is larger than stage");
     return NULL;
   }
-  staged_write *w = calloc(1, sizeof *w);
-  if (w == NULL) return throw_errno(env, "pwriteStaged", ENOMEM);
-  w->fd = (int)fd;
-  w->src = src;
-  w->stage = stage;
-  w->length = src_len;
-  w->piece = src_len > 0 ? src_len : 1;
-  w->offset = offset;
-  napi_value promise, name;
-  napi_create_promise(env, &w->deferred, &promise);
-  napi_create_reference(env, argv[1], 1, &w->src_ref);
-  napi_create_reference(env, argv[2], 1, &w->stage_ref);
-  napi_create_string_utf8(env, "tandem.pwriteStaged", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, staged_write_run, staged_write_done, w, &w->work);
-  napi_queue_async_work(env, w->work);
-  return promise;
+  return start_write(env, "pwriteStaged", fd, argv[1], src, src_len, argv[2], stage, src_len > 0 ? src_len : 1, offset);
 }
 
 /* pwritePieces(fd, src, offset, piece): writes src at offset with one pwrite() per `piece` bytes, on the
@@ -512,20 +518,7 @@ static napi_value js_pwrite_pieces(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, "ERR_RANGE", "piece must be at least one byte");
     return NULL;
   }
-  staged_write *w = calloc(1, sizeof *w);
-  if (w == NULL) return throw_errno(env, "pwritePieces", ENOMEM);
-  w->fd = (int)fd;
-  w->src = src;
-  w->length = src_len;
-  w->piece = (size_t)piece;
-  w->offset = offset;
-  napi_value promise, name;
-  napi_create_promise(env, &w->deferred, &promise);
-  napi_create_reference(env, argv[1], 1, &w->src_ref);
-  napi_create_string_utf8(env, "tandem.pwritePieces", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, staged_write_run, staged_write_done, w, &w->work);
-  napi_queue_async_work(env, w->work);
-  return promise;
+  return start_write(env, "pwritePieces", fd, argv[1], src, src_len, NULL, NULL, (size_t)piece, offset);
 }
 
 static napi_value init(napi_env env, napi_value exports) {
