@@ -497,7 +497,7 @@ static napi_value js_pwrite_staged(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, "ERR_RANGE", "src is larger than stage");
     return NULL;
   }
-  return start_write(env, "pwriteStaged", fd, argv[1], src, src_len, argv[2], stage, src_len > 0 ? src_len : 1, offset);
+  return start_write(env, "pwriteStaged", fd, argv[1], src, src_len, argv[2], stage, SIZE_MAX, offset);
 }
 
 /* pwritePieces(fd, src, offset, piece): writes src at offset with one pwrite() per `piece` bytes, on the

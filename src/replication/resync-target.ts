@@ -194,10 +194,12 @@ export class ResyncTarget {
       try {
         if (m.type === SyncMessageType.RESYNC_DATA) {
           await this.writeSlot();
-          let cached: boolean;
+          // a store without writeUncached writes through its cache
+          let cached = true;
           try {
             const b = this.o.backend;
-            cached = b.writeUncached !== undefined ? !(await b.writeUncached(m.data, m.offset)) : (await b.write(m.data, m.offset), true);
+            if (b.writeUncached !== undefined) cached = !(await b.writeUncached(m.data, m.offset));
+            else await b.write(m.data, m.offset);
           } finally {
             this.writeDone();
           }
